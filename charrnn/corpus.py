@@ -1,0 +1,209 @@
+"""Where text comes from, and its encoding into a memory-mapped array of indices.
+
+A corpus is a file, a directory of files, a name (`corpora/NAME.txt`, downloaded on first use for
+the known ones) or, by default, the Python standard library's own source read from the running
+interpreter, which every machine has. Text is streamed in chunks twice (vocabulary, then indices)
+into a cache file, so a corpus larger than memory trains with flat memory use.
+"""
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import os
+import re
+import stat
+import sys
+import sysconfig
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from charrnn.errors import CharRNNError
+from charrnn.vocab import Vocab, code_points
+
+CORPORA_DIR = Path(__file__).resolve().parent.parent / "corpora"
+DEFAULT_CORPUS = "stdlib"
+CACHE_FORMAT = 1
+CHUNK_BYTES = 1 << 22  # 4 MiB of text at a time keeps memory flat whatever the corpus size
+
+
+@dataclass(frozen=True)
+class Download:
+    url: str
+    sha256: str
+
+
+DOWNLOADS = {
+    "tinyshakespeare": Download(
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"),
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """The files of a corpus, in reading order, and how to decode them."""
+    name: str
+    files: tuple[Path, ...]
+    encoding: str = "utf-8"
+
+
+@dataclass
+class Corpus:
+    name: str
+    vocab: Vocab
+    tokens: np.ndarray  # (N,) memory-mapped indices in vocab.index_dtype
+
+
+def stdlib_files() -> tuple[Path, ...]:
+    """The top-level modules of the running Python's standard library: real text, always here."""
+    return tuple(sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")))
+
+
+def resolve(spec: str | None, encoding: str = "utf-8") -> Source:
+    """Turn a --corpus value (path, directory, name or None) into a Source."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise CharRNNError(f"unknown --encoding {encoding!r}; try utf-8, latin-1 or utf-16") from None
+    if spec is None or spec == DEFAULT_CORPUS:
+        return Source(DEFAULT_CORPUS, stdlib_files(), encoding)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return Source(path.resolve().name, _text_files_below(path), encoding)
+    if path.exists():
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise CharRNNError(f"corpus {spec} is not a regular file (a FIFO or device?); give a text file")
+        return Source(path.stem, (path,), encoding)
+    if re.fullmatch(r"[\w.-]+", spec):
+        named = CORPORA_DIR / f"{spec}.txt"
+        if not named.exists() and spec in DOWNLOADS:
+            download(DOWNLOADS[spec], named)
+        if named.exists():
+            return Source(spec, (named,), encoding)
+    known = ", ".join(sorted({*DOWNLOADS, *(p.stem for p in CORPORA_DIR.glob("*.txt"))}))
+    raise CharRNNError(f"corpus {spec!r} not found: give a text file, a directory, or a name of "
+                       f"corpora/NAME.txt (known: {known})")
+
+
+def _text_files_below(root: Path) -> tuple[Path, ...]:
+    """Every non-hidden, non-empty, non-binary regular file below root, in sorted order."""
+    files = []
+    for path in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts) or not path.is_file():
+            continue
+        with open(path, "rb") as f:
+            head = f.read(8192)
+        if head and b"\0" not in head:  # empty and binary files are skipped, as documented
+            files.append(path)
+    if not files:
+        raise CharRNNError(f"directory {root} has no text files; put .txt files in it")
+    return tuple(files)
+
+
+def download(item: Download, dest: Path) -> None:
+    """Fetch item.url to dest, verifying its sha256; the file appears only if the checksum matches."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    print(f"downloading {dest.name} from {item.url}", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(item.url, timeout=60) as response:
+            data = response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise CharRNNError(f"could not download {item.url} ({reason}); with no network, "
+                           f"save that file as {dest}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != item.sha256:
+        raise CharRNNError(f"download of {dest.name} has sha256 {digest[:12]}..., expected "
+                           f"{item.sha256[:12]}...; save the right file as {dest}")
+    atomic_write_bytes(dest, data)
+
+
+def atomic_write_bytes(dest: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False) as f:
+        f.write(data)
+    os.replace(f.name, dest)
+
+
+def read_chunks(source: Source) -> Iterator[str]:
+    """Decoded text of every file, a few MiB at a time; a decode error or NUL byte says where."""
+    for path in source.files:
+        decoder = codecs.getincrementaldecoder(source.encoding)()
+        offset = 0
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise CharRNNError(f"cannot read corpus file {path}: {e.strerror}") from None
+        with f:
+            while True:
+                raw = f.read(CHUNK_BYTES)
+                start = offset - len(decoder.getstate()[0])  # file offset of the bytes decoded next
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as e:
+                    raise CharRNNError(f"{path} is not valid {source.encoding} (byte offset {start + e.start}); "
+                                       "pass --encoding (e.g. --encoding latin-1) or fix the file") from None
+                if "\0" in text:
+                    at = start + len(text[:text.index("\0")].encode(source.encoding))
+                    raise CharRNNError(f"{path} looks binary (NUL byte at offset {at}); give a text file")
+                offset += len(raw)
+                if text:
+                    yield text
+                if not raw:
+                    break
+
+
+def load(source: Source, cache_dir: Path | None = None) -> Corpus:
+    """Encode a source (or reuse its cache) and return it memory-mapped."""
+    cache_dir = cache_dir or Path(os.environ.get("CHARRNN_CACHE_DIR", CORPORA_DIR / ".cache"))
+    key = _cache_key(source)
+    meta_path, tokens_path = cache_dir / f"{key}.json", cache_dir / f"{key}.tokens"
+    if not meta_path.exists():
+        _build_cache(source, meta_path, tokens_path)
+    meta = json.loads(meta_path.read_text())
+    vocab = Vocab(meta["chars"])
+    tokens = np.memmap(tokens_path, dtype=vocab.index_dtype, mode="r", shape=(meta["length"],))
+    return Corpus(source.name, vocab, tokens)
+
+
+def _cache_key(source: Source) -> str:
+    """Changes whenever a file is edited, renamed, added or removed."""
+    stamp = [CACHE_FORMAT, source.encoding]
+    for path in source.files:
+        try:
+            st = path.stat()
+        except OSError as e:
+            raise CharRNNError(f"cannot read corpus file {path}: {e.strerror}") from None
+        stamp.append([str(path.resolve()), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:24]
+
+
+def _build_cache(source: Source, meta_path: Path, tokens_path: Path) -> None:
+    points, length = np.zeros(0, dtype=np.uint32), 0
+    for text in read_chunks(source):  # pass 1: vocabulary and length
+        chunk = code_points(text)
+        points = np.union1d(points, np.unique(chunk))
+        length += len(chunk)
+    if length == 0:
+        raise CharRNNError(f"corpus {source.name} is empty; give a file with some text")
+    vocab = Vocab.from_code_points(points)
+    meta_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tokens_path.with_name(f".{tokens_path.name}.{os.getpid()}")
+    tokens = np.memmap(tmp, dtype=vocab.index_dtype, mode="w+", shape=(length,))
+    pos = 0
+    for text in read_chunks(source):  # pass 2: indices, written straight to the map
+        encoded = vocab.encode_points(code_points(text))
+        tokens[pos:pos + len(encoded)] = encoded
+        pos += len(encoded)
+    tokens.flush()
+    del tokens
+    os.replace(tmp, tokens_path)
+    meta = {"name": source.name, "chars": vocab.to_list(), "length": length,
+            "files": [str(p) for p in source.files], "encoding": source.encoding}
+    atomic_write_bytes(meta_path, json.dumps(meta).encode())  # written last: marks the cache complete

@@ -1,0 +1,116 @@
+"""Train/validation split and the batches cut from it.
+
+Stream batches (the default) serve truncated backprop through time. The split is cut into R equal
+rows (R = batch size x world size) and each step takes the next T characters of every row, so batch
+row b at step s+1 continues exactly where it stopped at step s and the hidden state can be carried:
+
+    tokens: |row 0 ......|row 1 ......|row 2 ......|row 3 ......|
+    step 0:  [T]          [T]          [T]          [T]
+    step 1:     [T]          [T]          [T]          [T]       rank 0 takes rows 0-1, rank 1 rows 2-3
+
+Random batches take windows at random offsets (the state is reset every step). Both are
+deterministic for a seed, and their position is a small dict that checkpoints save and restore.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from charrnn.errors import CharRNNError
+
+
+def split(tokens: np.ndarray, val_frac: float, test_frac: float = 0.0
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split by position: train first, then the last val_frac (then test_frac, if any)."""
+    n = len(tokens)
+    n_test = int(n * test_frac)
+    n_val = int(n * val_frac)
+    n_train = n - n_val - n_test
+    return tokens[:n_train], tokens[n_train:n_train + n_val], tokens[n_train + n_val:]
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and next-character targets of the windows at `starts`, each (B, length)."""
+    w = torch.from_numpy(tokens[starts[:, None] + np.arange(length + 1)].astype(np.int64))
+    return w[:, :-1], w[:, 1:]
+
+
+class StreamBatches:
+    """Contiguous rows for truncated BPTT; row i of this rank's batch continues row i of the last."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_length: int,
+                 rank: int = 0, world_size: int = 1):
+        rows = batch_size * world_size
+        self.row_length = (len(tokens) - 1) // rows
+        if self.row_length < seq_length:
+            raise CharRNNError(
+                f"the training text ({len(tokens):,} chars) is too short for {rows} rows of "
+                f"--seq-length {seq_length}; use a longer corpus or a smaller --batch-size/--seq-length")
+        self.tokens, self.seq_length = tokens, seq_length
+        self.starts = (np.arange(batch_size) + rank * batch_size) * self.row_length
+        self.steps_per_epoch = self.row_length // seq_length
+        self.epoch, self.step_in_epoch = 0, 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(x, y, new_stream): new_stream means the carried state must be reset first."""
+        if self.step_in_epoch == self.steps_per_epoch:
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        new_stream = self.step_in_epoch == 0
+        x, y = _windows(self.tokens, self.starts + self.step_in_epoch * self.seq_length, self.seq_length)
+        self.step_in_epoch += 1
+        return x, y, new_stream
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+
+
+class RandomBatches:
+    """Windows at random offsets; batch s depends only on (seed, s), so resuming is exact."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_length: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if len(tokens) <= seq_length:
+            raise CharRNNError(
+                f"the training text ({len(tokens):,} chars) is shorter than one window of "
+                f"--seq-length {seq_length}; use a longer corpus or a smaller --seq-length")
+        self.tokens, self.batch_size, self.seq_length, self.seed = tokens, batch_size, seq_length, seed
+        self.rank, self.world_size = rank, world_size
+        self.steps_per_epoch = max(1, len(tokens) // (batch_size * world_size * seq_length))
+        self.step = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.step // self.steps_per_epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        rng = np.random.default_rng([self.seed, self.step])
+        starts = rng.integers(0, len(self.tokens) - self.seq_length, self.batch_size * self.world_size)
+        mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        self.step += 1
+        return *_windows(self.tokens, mine, self.seq_length), True
+
+    def state_dict(self) -> dict:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+def eval_chunks(tokens: np.ndarray, streams: int, seq_length: int
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every character of a split, as `streams` contiguous rows read T characters at a time."""
+    row_length = (len(tokens) - 1) // streams
+    starts = np.arange(streams) * row_length
+    for pos in range(0, row_length, seq_length):
+        yield _windows(tokens, starts + pos, min(seq_length, row_length - pos))
