@@ -69,7 +69,7 @@ def stdlib_files() -> tuple[Path, ...]:
 def resolve(spec: str | None, encoding: str = "utf-8") -> Source:
     """Turn a --corpus value (path, directory, name or None) into a Source."""
     try:
-        codecs.lookup(encoding)
+        "".encode(encoding)  # unlike codecs.lookup, rejects bytes-to-bytes codecs such as hex or zlib
     except LookupError:
         raise CharRNNError(f"unknown --encoding {encoding!r}; try utf-8, latin-1 or utf-16") from None
     if spec is None or spec == DEFAULT_CORPUS:

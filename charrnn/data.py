@@ -24,6 +24,9 @@ from charrnn.errors import CharRNNError
 def split(tokens: np.ndarray, val_frac: float, test_frac: float = 0.0
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split by position: train first, then the last val_frac (then test_frac, if any)."""
+    if not (0 <= val_frac and 0 <= test_frac and val_frac + test_frac < 1):
+        raise CharRNNError(f"--val-frac {val_frac} and --test-frac {test_frac} must be >= 0 and sum to "
+                           "less than 1, so that some text is left to train on")
     n = len(tokens)
     n_test = int(n * test_frac)
     n_val = int(n * val_frac)
@@ -63,6 +66,8 @@ class StreamBatches:
         new_stream = self.step_in_epoch == 0
         x, y = _windows(self.tokens, self.starts + self.step_in_epoch * self.seq_length, self.seq_length)
         self.step_in_epoch += 1
+        if self.step_in_epoch == self.steps_per_epoch:  # so `epoch` counts finished epochs, as in RandomBatches
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
         return x, y, new_stream
 
     def state_dict(self) -> dict:

@@ -17,10 +17,10 @@ def make_text(n_chars: int = 20_000) -> str:
     """A repetitive but not trivial English-like text, built deterministically."""
     words = ("the quick brown fox jumps over the lazy dog and then it rests in the warm sun "
              "while a small bird sings a song of summer days").split()
-    out, i = [], 0
-    while sum(map(len, out)) < n_chars:
+    out, i, size = [], 0, 0
+    while size < n_chars:
         out.append(words[(i * 7 + i // 3) % len(words)] + (".\n" if i % 11 == 10 else " "))
-        i += 1
+        size, i = size + len(out[-1]), i + 1
     return "".join(out)[:n_chars]
 
 

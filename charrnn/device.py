@@ -1,0 +1,43 @@
+"""Where the model runs: device choice, autocast dtype, CPU threads."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from charrnn.errors import CharRNNError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """auto: cuda, then mps, then cpu. Asking for one that is absent is an error, not a fallback."""
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if name == "auto":
+        return torch.device(next(d for d, ok in available.items() if ok))
+    if name not in available:
+        raise CharRNNError(f"unknown --device {name!r}; choose auto, cpu, cuda or mps")
+    if not available[name]:
+        raise CharRNNError(f"--device {name} is not available on this machine; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | None:
+    """The lower precision to autocast to, or None for plain fp32.
+
+    bf16 is used on CUDA where supported. On CPU, oneDNN's fused LSTM has no bf16 kernel without
+    AVX512-BF16, so CPU stays in fp32.
+    """
+    if dtype == "float32":
+        return None
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if dtype == "bfloat16" and not cuda_bf16:
+        raise CharRNNError("--dtype bfloat16 needs a CUDA GPU with bf16 support; use --dtype float32")
+    if dtype not in ("auto", "bfloat16"):
+        raise CharRNNError(f"unknown --dtype {dtype!r}; choose auto, float32 or bfloat16")
+    return torch.bfloat16 if cuda_bf16 else None
+
+
+def set_threads(threads: int | None, processes_per_machine: int = 1) -> int:
+    """Use every core by default, shared evenly between the processes on this machine."""
+    n = threads or max(1, (os.cpu_count() or 1) // processes_per_machine)
+    torch.set_num_threads(n)
+    return n

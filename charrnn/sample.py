@@ -1,0 +1,163 @@
+"""Sampling text from a model: temperature, top-k, top-p, prime, stop string, several samples at once.
+
+The prime goes through the model in one forward pass; then one character per step, carrying the
+state. Randomness comes from a seeded torch.Generator only, so the same seed gives the same text.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, State
+from charrnn.vocab import Vocab
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    length: int = 500
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: str | None = None
+
+    def __post_init__(self):
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise CharRNNError(f"temperature must be a finite number >= 0, not {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise CharRNNError(f"top-k must be >= 1, not {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise CharRNNError(f"top-p must be in (0, 1], not {self.top_p}")
+        if self.length < 0:
+            raise CharRNNError(f"length must be >= 0, not {self.length}")
+
+
+def next_char_probs(log_probs: torch.Tensor, temperature: float, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """Log-probabilities (N, V) -> the distribution to draw from (N, V), after the filters."""
+    if temperature == 0:  # greedy: all the mass on the most likely character
+        return torch.nn.functional.one_hot(log_probs.argmax(-1), log_probs.shape[-1]).float()
+    logits = log_probs.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        # drop a character when the ones more likely than it already reach top_p (the first stays)
+        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
+    return logits.softmax(-1)
+
+
+class Stepper:
+    """The model's one-character step written out by hand, for sampling speed.
+
+    A fused nn.LSTM call costs milliseconds of set-up for a single character; these few tensor
+    operations per layer cost microseconds. The first layer's input product is precomputed for
+    every character (the lookup table times its input weights, plus biases), so a step starts
+    with a row lookup. The state has the model's layout, so it passes between the two freely.
+    """
+
+    def __init__(self, model: CharRNN):
+        cfg, rnn = model.config, model.rnn
+        self.cell, self.hidden = cfg.model, cfg.rnn_size
+        fold_hh_bias = cfg.model != "gru"  # GRU keeps b_hh apart: it sits inside r * (W_hn h + b_hn)
+        self.layers = []
+        with torch.no_grad():
+            for k in range(cfg.num_layers):
+                w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
+                b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
+                b_in = b_ih + b_hh if fold_hh_bias else b_ih
+                if k == 0:
+                    w_in = model.embed.weight @ w_ih.T + b_in          # (V, G*H): a row per character
+                else:
+                    w_in = w_ih.T.contiguous()                          # (H, G*H)
+                self.layers.append((w_in, b_in, w_hh.T.contiguous(), None if fold_hh_bias else b_hh))
+            self.w_out, self.b_out = model.head.weight.T.contiguous(), model.head.bias.clone()
+
+    def __call__(self, idx: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """idx (N,) and a model state -> logits (N, V) and the next state."""
+        h_all, c_all = state if self.cell == "lstm" else (state, None)
+        hs, cs = [], []
+        x = None
+        for k, (w_in, b_in, w_hh, b_hh) in enumerate(self.layers):
+            h = h_all[k]
+            gx = w_in[idx] if k == 0 else torch.addmm(b_in, x, w_in)   # (N, G*H)
+            if self.cell == "lstm":
+                gates = torch.addmm(gx, h, w_hh)
+                sig = gates.sigmoid()
+                i, f, o = sig[:, :self.hidden], sig[:, self.hidden:2 * self.hidden], sig[:, 3 * self.hidden:]
+                c = torch.addcmul(f * c_all[k], i, gates[:, 2 * self.hidden:3 * self.hidden].tanh())
+                x = o * c.tanh()
+                cs.append(c)
+            elif self.cell == "gru":
+                gh = torch.addmm(b_hh, h, w_hh)
+                rz = (gx[:, :2 * self.hidden] + gh[:, :2 * self.hidden]).sigmoid()
+                r, z = rz[:, :self.hidden], rz[:, self.hidden:]
+                n = torch.addcmul(gx[:, 2 * self.hidden:], r, gh[:, 2 * self.hidden:]).tanh()
+                x = torch.addcmul(n, z, h - n)
+            else:
+                x = torch.addmm(gx, h, w_hh).tanh()
+            hs.append(x)
+        h_new = torch.stack(hs)
+        logits = torch.addmm(self.b_out, x, self.w_out)
+        return logits, ((h_new, torch.stack(cs)) if self.cell == "lstm" else h_new)
+
+
+def start_indices(vocab: Vocab, prime: str, skip_unknown: bool = False) -> list[int]:
+    """The prime's indices; with no prime, a newline (or the first character) starts the text."""
+    indices = vocab.encode(prime, skip_unknown)
+    if indices:
+        return indices
+    return [vocab.chars.index("\n") if "\n" in vocab else 0]
+
+
+@torch.no_grad()
+def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = "", *,
+             num_samples: int = 1, seed: int | None = None, state: State | None = None,
+             on_text: Callable[[str], None] | None = None, skip_unknown: bool = False,
+             ) -> tuple[list[str], State]:
+    """Continue `prime` `num_samples` times; returns the new text of each and the final state.
+
+    `on_text` receives the first sample's characters as they are made (for streaming).
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed if seed is not None else torch.seed())
+    model.eval()
+    idx = torch.tensor(start_indices(vocab, prime, skip_unknown), device=device)
+    log_probs, state = model(idx.expand(num_samples, -1), _expand(state, num_samples))
+    last = log_probs[:, -1]                                  # (N, V)
+    step = Stepper(model)
+    chars, texts = vocab.chars, [[] for _ in range(num_samples)]
+    done = [False] * num_samples
+    for _ in range(config.length):
+        probs = next_char_probs(last, config.temperature, config.top_k, config.top_p)
+        nxt = torch.multinomial(probs, 1, generator=generator)   # (N, 1)
+        for i, c in enumerate(nxt.view(-1).tolist()):
+            if not done[i]:
+                texts[i].append(chars[c])
+                done[i] = _ends_with(texts[i], config.stop)
+                if i == 0 and on_text:
+                    on_text(chars[c])
+        if all(done):
+            break
+        last, state = step(nxt.view(-1), state)
+    return ["".join(t) for t in texts], state
+
+
+def _ends_with(text: list[str], stop: str | None) -> bool:
+    return bool(stop) and "".join(text[-len(stop):]) == stop
+
+
+def _expand(state: State | None, n: int) -> State | None:
+    """A single stream's state copied to n rows (a state for n rows already is left alone)."""
+    if state is None:
+        return None
+    if isinstance(state, tuple):
+        return tuple(_expand(s, n) for s in state)
+    return state if state.shape[1] == n else state.expand(-1, n, -1).contiguous()
