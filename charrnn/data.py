@@ -61,8 +61,6 @@ class StreamBatches:
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(x, y, new_stream): new_stream means the carried state must be reset first."""
-        if self.step_in_epoch == self.steps_per_epoch:
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
         new_stream = self.step_in_epoch == 0
         x, y = _windows(self.tokens, self.starts + self.step_in_epoch * self.seq_length, self.seq_length)
         self.step_in_epoch += 1

@@ -6,8 +6,10 @@ state. Randomness comes from a seeded torch.Generator only, so the same seed giv
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO
 
 import torch
 
@@ -31,8 +33,8 @@ class SampleConfig:
             raise CharRNNError(f"top-k must be >= 1, not {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise CharRNNError(f"top-p must be in (0, 1], not {self.top_p}")
-        if self.length < 0:
-            raise CharRNNError(f"length must be >= 0, not {self.length}")
+        if self.length < 1:
+            raise CharRNNError(f"length must be >= 1, not {self.length}")
 
 
 def next_char_probs(log_probs: torch.Tensor, temperature: float, top_k: int | None = None,
@@ -116,18 +118,40 @@ def start_indices(vocab: Vocab, prime: str, skip_unknown: bool = False) -> list[
     return [vocab.chars.index("\n") if "\n" in vocab else 0]
 
 
-@torch.no_grad()
-def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = "", *,
-             num_samples: int = 1, seed: int | None = None, state: State | None = None,
-             on_text: Callable[[str], None] | None = None, skip_unknown: bool = False,
-             ) -> tuple[list[str], State]:
-    """Continue `prime` `num_samples` times; returns the new text of each and the final state.
-
-    `on_text` receives the first sample's characters as they are made (for streaming).
-    """
-    device = next(model.parameters()).device
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded with `seed`, or from the OS when it is None."""
     generator = torch.Generator(device=device)
     generator.manual_seed(seed if seed is not None else torch.seed())
+    return generator
+
+
+class Streamer:
+    """Writes text as it comes and flushes every few milliseconds, not every character."""
+
+    def __init__(self, out: TextIO, interval: float = 0.02):
+        self.out, self.interval, self.last = out, interval, time.perf_counter()
+
+    def __call__(self, text: str) -> None:
+        self.out.write(text)
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.out.flush()
+            self.last = now
+
+
+@torch.no_grad()
+def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = "", *,
+             num_samples: int = 1, generator: torch.Generator | None = None, state: State | None = None,
+             on_text: Callable[[str], None] | None = None, skip_unknown: bool = False,
+             ) -> tuple[list[str], State]:
+    """Continue `prime` (after `state`, if given) `num_samples` times.
+
+    Returns the new text of each sample and the state before its last character: passing that
+    character as the next prime, with that state, continues the text exactly. `on_text` receives
+    the first sample's characters as they are made (for streaming).
+    """
+    device = next(model.parameters()).device
+    generator = generator or make_generator(None, device)
     model.eval()
     idx = torch.tensor(start_indices(vocab, prime, skip_unknown), device=device)
     log_probs, state = model(idx.expand(num_samples, -1), _expand(state, num_samples))
@@ -135,18 +159,18 @@ def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = ""
     step = Stepper(model)
     chars, texts = vocab.chars, [[] for _ in range(num_samples)]
     done = [False] * num_samples
-    for _ in range(config.length):
+    for t in range(config.length):
         probs = next_char_probs(last, config.temperature, config.top_k, config.top_p)
-        nxt = torch.multinomial(probs, 1, generator=generator)   # (N, 1)
-        for i, c in enumerate(nxt.view(-1).tolist()):
+        nxt = torch.multinomial(probs, 1, generator=generator).view(-1)   # (N,)
+        for i, c in enumerate(nxt.tolist()):
             if not done[i]:
                 texts[i].append(chars[c])
                 done[i] = _ends_with(texts[i], config.stop)
                 if i == 0 and on_text:
                     on_text(chars[c])
-        if all(done):
+        if all(done) or t == config.length - 1:
             break
-        last, state = step(nxt.view(-1), state)
+        last, state = step(nxt, state)
     return ["".join(t) for t in texts], state
 
 

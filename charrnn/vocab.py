@@ -74,7 +74,8 @@ class Vocab:
                 unknown = [chr(p) for p in dict.fromkeys(points[~known].tolist())]
                 raise UnknownCharacterError(
                     f"{describe_chars(unknown)} {'is' if len(unknown) == 1 else 'are'} not in this "
-                    "model's vocabulary; remove them or pass --skip-unknown to drop them")
+                    f"model's vocabulary; remove {'it' if len(unknown) == 1 else 'them'} "
+                    "or pass --skip-unknown to drop unknown characters")
             idx = idx[known]
         return idx.astype(self.index_dtype)
 

@@ -1,0 +1,119 @@
+"""The interactive sampling prompt: type a beginning, watch the model continue it.
+
+Each line is fed to the model after what came before (`:reset` forgets it); an empty line
+continues the last output. Commands start with ':'. When stdin is not a terminal, lines are
+answered one by one with no prompt decoration, so the prompt can be scripted.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from typing import TextIO
+
+import torch
+
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, State
+from charrnn.sample import SampleConfig, Streamer, generate, make_generator
+from charrnn.vocab import Vocab
+
+HELP = """Type text and press Enter: the model continues it. An empty line continues the last output.
+  :temp X    temperature (0 = greedy)      :topk N   keep the N likeliest characters (0 = off)
+  :topp P    nucleus sampling (1 = off)    :len N    characters per answer
+  :seed N    reseed the sampler            :reset    forget the text so far
+  :info      model and settings            :help     this text
+  :quit      leave (or Ctrl-D; Ctrl-C stops a generation, and leaves at the prompt)"""
+
+
+class Session:
+    """The text so far (as a model state) and the sampling settings."""
+
+    def __init__(self, model: CharRNN, vocab: Vocab, config: SampleConfig, seed: int | None,
+                 info: str, out: TextIO, skip_unknown: bool = False):
+        self.model, self.vocab, self.config, self.info, self.out = model, vocab, config, info, out
+        self.skip_unknown = skip_unknown
+        self.generator = make_generator(seed, next(model.parameters()).device)
+        self.state: State | None = None
+        self.pending = ""  # the last character shown but not yet fed to the model
+
+    def handle(self, line: str) -> bool:
+        """Act on one input line; False means quit."""
+        if line.startswith(":"):
+            return self.command(line)
+        self.vocab.encode(line, self.skip_unknown)  # check the whole line before touching the state
+        prime = self.pending + line  # empty at the start: generate() begins a fresh text
+        stream = Streamer(self.out)
+        try:
+            texts, state = generate(self.model, self.vocab, self.config, prime, state=self.state,
+                                    generator=self.generator, on_text=stream, skip_unknown=self.skip_unknown)
+        except KeyboardInterrupt:  # stop this answer, keep the text from before it
+            self.out.write("\n(stopped)\n")
+            self.out.flush()
+            return True
+        self.state, self.pending = state, texts[0][-1]
+        self.out.write("\n")
+        self.out.flush()
+        return True
+
+    def command(self, line: str) -> bool:
+        name, _, arg = line[1:].strip().partition(" ")
+        arg = arg.strip()
+        if name in ("quit", "q", "exit"):
+            return False
+        if name == "help":
+            self.say(HELP)
+        elif name == "info":
+            c = self.config
+            self.say(f"{self.info}\nsettings: temperature {c.temperature}, top-k {c.top_k or 'off'}, "
+                     f"top-p {c.top_p or 'off'}, length {c.length}")
+        elif name == "reset":
+            self.state, self.pending = None, ""
+            self.say("(state forgotten)")
+        elif name == "seed":
+            self.generator = make_generator(parse_number(int, name, arg), self.generator.device)
+        elif name in SETTINGS:
+            field, kind, off = SETTINGS[name]
+            value = parse_number(kind, name, arg)
+            self.config = replace(self.config, **{field: None if value == off else value})
+        else:
+            raise CharRNNError(f"unknown command :{name}; type :help for the list")
+        return True
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+
+# command -> (SampleConfig field, type, the value that switches the filter off)
+SETTINGS = {"temp": ("temperature", float, None), "topk": ("top_k", int, 0),
+            "topp": ("top_p", float, 1.0), "len": ("length", int, None)}
+
+
+def parse_number(kind: type, name: str, text: str) -> int | float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise CharRNNError(f":{name} needs {'an integer' if kind is int else 'a number'}, "
+                           f"not {text!r}") from None
+
+
+def run(session: Session, stdin: TextIO = sys.stdin) -> None:
+    """Read lines until :quit, Ctrl-D, or Ctrl-C at the prompt."""
+    tty = stdin.isatty() and session.out.isatty()
+    if tty:
+        import readline  # noqa: F401  (line editing and history for input())
+        session.say(f"{session.info}\n:help for commands, Ctrl-D to leave")
+    while True:
+        try:
+            line = input("> ") if tty else stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not tty and not line:
+            break
+        try:
+            if not session.handle(line.rstrip("\r\n") if not tty else line):
+                break
+        except CharRNNError as e:
+            session.say(f"error: {e}")
+    if tty:
+        session.say("")
