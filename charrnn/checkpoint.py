@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -25,17 +26,19 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 def save(payload: dict, path: Path) -> None:
     """Write to a temporary file beside `path`, fsync, then rename: a crash leaves the old file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be shared
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be shared
             torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise CharRNNError(f"could not write checkpoint {path}: {e.strerror or e}; "
                                "free some space or choose another --checkpoint-dir") from None
@@ -58,8 +61,13 @@ def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
     if not path.is_file():
         raise CharRNNError(f"checkpoint {path} does not exist; train one with python train.py")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol: not for users
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):  # not written by torch.save at all: random or damaged bytes
+            raise CharRNNError(f"checkpoint {path} is corrupt or not a checkpoint at all; "
+                               "use another checkpoint, e.g. best.pt or last.pt") from None
         raise CharRNNError(f"checkpoint {path} holds objects that are not plain data (code?); "
                            "refused to load it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -72,6 +73,8 @@ def resolve(spec: str | None, encoding: str = "utf-8") -> Source:
         "".encode(encoding)  # unlike codecs.lookup, rejects bytes-to-bytes codecs such as hex or zlib
     except LookupError:
         raise CharRNNError(f"unknown --encoding {encoding!r}; try utf-8, latin-1 or utf-16") from None
+    if spec is not None and not spec.strip():
+        raise CharRNNError("--corpus is empty; give a text file, a directory or a corpus name")
     if spec is None or spec == DEFAULT_CORPUS:
         return Source(DEFAULT_CORPUS, stdlib_files(), encoding)
     path = Path(spec).expanduser()
@@ -114,7 +117,7 @@ def download(item: Download, dest: Path) -> None:
     try:
         with urllib.request.urlopen(item.url, timeout=60) as response:
             data = response.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise CharRNNError(f"could not download {item.url} ({reason}); with no network, "
                            f"save that file as {dest}") from None
@@ -165,7 +168,11 @@ def load(source: Source, cache_dir: Path | None = None) -> Corpus:
     key = _cache_key(source)
     meta_path, tokens_path = cache_dir / f"{key}.json", cache_dir / f"{key}.tokens"
     if not meta_path.exists():
-        _build_cache(source, meta_path, tokens_path)
+        try:
+            _build_cache(source, meta_path, tokens_path)
+        except OSError as e:
+            raise CharRNNError(f"cannot write the corpus cache in {cache_dir} ({e.strerror or e}); "
+                               "free some space or set CHARRNN_CACHE_DIR to a writable folder") from None
     meta = json.loads(meta_path.read_text())
     vocab = Vocab(meta["chars"])
     tokens = np.memmap(tokens_path, dtype=vocab.index_dtype, mode="r", shape=(meta["length"],))
@@ -195,15 +202,18 @@ def _build_cache(source: Source, meta_path: Path, tokens_path: Path) -> None:
     vocab = Vocab.from_code_points(points)
     meta_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tokens_path.with_name(f".{tokens_path.name}.{os.getpid()}")
-    tokens = np.memmap(tmp, dtype=vocab.index_dtype, mode="w+", shape=(length,))
-    pos = 0
-    for text in read_chunks(source):  # pass 2: indices, written straight to the map
-        encoded = vocab.encode_points(code_points(text))
-        tokens[pos:pos + len(encoded)] = encoded
-        pos += len(encoded)
-    tokens.flush()
-    del tokens
-    os.replace(tmp, tokens_path)
+    try:
+        tokens = np.memmap(tmp, dtype=vocab.index_dtype, mode="w+", shape=(length,))
+        pos = 0
+        for text in read_chunks(source):  # pass 2: indices, written straight to the map
+            encoded = vocab.encode_points(code_points(text))
+            tokens[pos:pos + len(encoded)] = encoded
+            pos += len(encoded)
+        tokens.flush()
+        del tokens
+        os.replace(tmp, tokens_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     meta = {"name": source.name, "chars": vocab.to_list(), "length": length,
             "files": [str(p) for p in source.files], "encoding": source.encoding}
     atomic_write_bytes(meta_path, json.dumps(meta).encode())  # written last: marks the cache complete

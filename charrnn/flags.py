@@ -41,11 +41,14 @@ seed = _number(int, 0, 2**63 - 1, what="an integer from 0 to 2**63-1")
 
 
 def duration(text: str) -> float:
-    """'90s', '10m', '1.5h' or plain seconds -> seconds (> 0)."""
+    """'90s', '10m', '1.5h' or plain seconds -> seconds, more than 0 and at most a year."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", text.lower())
-    if not match or float(match.group(1)) <= 0:
+    if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m or 1.5h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if not 0 < seconds <= 366 * 86400:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; expected more than 0s and at most a year")
+    return seconds
 
 
 def run_main(main: Callable[[], int | None]) -> None:

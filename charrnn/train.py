@@ -91,6 +91,9 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_length: int, device: torch.device,
              amp: torch.dtype | None = None, streams: int = EVAL_STREAMS) -> float:
     """Mean NLL in nats/char over every character of `tokens`, state carried along each stream."""
+    if len(tokens) < 2:
+        raise CharRNNError("nothing to evaluate: the split holds fewer than 2 characters")
+    streams = max(1, min(streams, len(tokens) - 1))  # a split shorter than `streams` still counts
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
@@ -125,12 +128,17 @@ class StopFlag:
 def rng_states() -> dict:
     np_state = np.random.get_state()
     return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            # dropout on a GPU draws from the GPU's generator, not the CPU one above
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []}
 
 
 def set_rng_states(states: dict) -> None:
     random.setstate(states["python"])
     torch.set_rng_state(states["torch"])
+    cuda = states.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     name, key, *rest = states["numpy"]
     np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
 
@@ -258,6 +266,9 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
     def evaluate_and_save(self, train_loss: float, chars_per_sec: float) -> dict:
         val = evaluate(self.model, self.val_tokens, self.config.seq_length, self.device, self.amp)
+        if not math.isfinite(val):  # the last update broke the weights: keep the checkpoints as they are
+            raise CharRNNError(f"the validation loss became {val} at step {self.step}; the checkpoints in "
+                               f"{self.dir} are kept; lower --learning-rate or --grad-clip")
         row = {"step": self.step, "epoch": round(self.step / self.batches.steps_per_epoch, 4),
                "elapsed": round(self.elapsed, 2), "train_loss": round(train_loss, 5),
                "val_loss": round(val, 5), "val_bpc": round(val / math.log(2), 5),
@@ -352,6 +363,8 @@ def plot_metrics(metrics: list[dict], path: Path) -> None:
 def train(config: TrainConfig, resume: str | None = None, overrides: dict | None = None) -> dict:
     """Train a new run from `config`, or continue the one at `resume` with `overrides` applied."""
     if resume is None:
+        if config.corpus and Path(config.corpus).exists():  # so that --resume works from any folder
+            config = replace(config, corpus=str(Path(config.corpus).resolve()))
         if not (config.max_steps or config.max_epochs or config.time_budget):
             config = replace(config, time_budget=DEFAULT_TIME_BUDGET)
         return Trainer(config).run()

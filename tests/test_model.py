@@ -1,0 +1,88 @@
+"""The model: shapes, normalised log-probabilities, carried state, the lookup input, LSTM init."""
+import pytest
+import torch
+
+from charrnn.model import CharRNN, ModelConfig, detach_state, state_from_list, state_to_list
+from charrnn.vocab import Vocab
+
+CELLS = ["rnn", "lstm", "gru"]
+
+
+def tiny(model: str = "lstm", vocab_size: int = 11, **kw) -> CharRNN:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size, model, **{"rnn_size": 16, "num_layers": 2, "embedding_size": 8, **kw})
+    return CharRNN(config).eval()
+
+
+def batch(vocab_size: int = 11, b: int = 3, t: int = 10) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (b, t), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_forward_shapes_and_normalised_log_probs(cell):
+    model, x = tiny(cell), batch()
+    log_probs, state = model(x)
+    assert log_probs.shape == (3, 10, 11)
+    assert log_probs.dtype == torch.float32
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, 10), atol=1e-5)
+    h = state[0] if cell == "lstm" else state
+    assert isinstance(state, tuple) == (cell == "lstm")
+    assert h.shape == (2, 3, 16)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_two_chunks_with_carried_state_equal_one_pass(cell):
+    model, x = tiny(cell, dropout=0.5), batch(t=12)  # eval mode: dropout off
+    whole, whole_state = model(x)
+    first, state = model(x[:, :5])
+    second, state = model(x[:, 5:], state)
+    assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-6)
+    for a, b in zip(state_to_list(state), state_to_list(whole_state)):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropping_the_state_changes_the_second_chunk(cell):
+    model, x = tiny(cell), batch(t=12)
+    _, state = model(x[:, :6])
+    assert not torch.allclose(model(x[:, 6:], state)[0], model(x[:, 6:])[0])
+
+
+def test_embedding_lookup_equals_one_hot_times_weights():
+    vocab = Vocab(list("abcdefghijk"))
+    model, x = tiny(vocab_size=len(vocab)), batch(len(vocab))
+    assert torch.allclose(model.embed(x), vocab.one_hot(x) @ model.embed.weight)
+
+
+def test_lstm_forget_gate_bias_is_one_in_bias_ih_only():
+    model = tiny("lstm", rnn_size=16, num_layers=2)
+    h = 16
+    for layer in range(2):
+        bias_ih = getattr(model.rnn, f"bias_ih_l{layer}")
+        bias_hh = getattr(model.rnn, f"bias_hh_l{layer}")
+        assert torch.equal(bias_ih[h:2 * h], torch.ones(h))
+        assert not torch.equal(bias_ih[:h], torch.ones(h))  # only the forget gate
+        assert not torch.equal(bias_hh[h:2 * h], torch.ones(h))
+
+
+def test_detach_state_keeps_values_and_cuts_gradients():
+    model, x = tiny("lstm"), batch()
+    _, state = model(x)
+    assert all(s.requires_grad for s in state)
+    detached = detach_state(state)
+    assert isinstance(detached, tuple)
+    assert all(not s.requires_grad and torch.equal(s, o) for s, o in zip(detached, state))
+    _, gru_state = tiny("gru")(x)
+    assert not detach_state(gru_state).requires_grad
+    assert detach_state(None) is None
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_state_list_round_trip(cell):
+    _, state = tiny(cell)(batch())
+    tensors = state_to_list(state)
+    assert len(tensors) == (2 if cell == "lstm" else 1)
+    back = state_from_list(tensors, torch.device("cpu"))
+    assert isinstance(back, tuple) == (cell == "lstm")
+    assert all(torch.equal(a, b) for a, b in zip(state_to_list(back), tensors))
+    assert state_to_list(None) == [] and state_from_list([], torch.device("cpu")) is None
