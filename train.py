@@ -70,6 +70,8 @@ def main() -> int:
     resume = args.pop("resume")
     given = {k: v for k, v in args.items() if v is not None}  # flags the user actually passed
     summary = train(TrainConfig(**given), resume=resume, overrides=given)
+    if not summary["is_main"]:  # under torchrun, rank 0 speaks for all
+        return 130 if summary["interrupted"] else 0
     if summary["interrupted"]:
         print(f"stopped at step {summary['step']}; saved {summary['checkpoint_dir']}/last.pt. "
               f"Resume with: python train.py --resume {summary['checkpoint_dir']}")

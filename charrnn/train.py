@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from charrnn import checkpoint, corpus, data
+from torch.nn.parallel import DistributedDataParallel
+
+from charrnn import checkpoint, corpus, data, distributed
 from charrnn.device import autocast_dtype, pick_device, set_threads
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, ModelConfig, detach_state, state_from_list, state_to_list
@@ -89,20 +91,29 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, tokens: np.ndarray, seq_length: int, device: torch.device,
-             amp: torch.dtype | None = None, streams: int = EVAL_STREAMS) -> float:
-    """Mean NLL in nats/char over every character of `tokens`, state carried along each stream."""
+             amp: torch.dtype | None = None, streams: int = EVAL_STREAMS,
+             world: distributed.World = distributed.World()) -> float:
+    """Mean NLL in nats/char over every character of `tokens`, state carried along each stream.
+
+    Under data parallelism each rank scores its share of the streams and the sums are combined.
+    """
     if len(tokens) < 2:
         raise CharRNNError("nothing to evaluate: the split holds fewer than 2 characters")
     streams = max(1, min(streams, len(tokens) - 1))  # a split shorter than `streams` still counts
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
+    mine = slice(world.rank, None, world.size)
     for x, y in data.eval_chunks(tokens, streams, seq_length):
+        x, y = x[mine], y[mine]
+        if len(x) == 0:  # fewer streams than ranks: this rank has none
+            break
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             log_probs, state = model(x.to(device), state)
         total += F.nll_loss(log_probs.flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
         count += y.numel()
     model.train(was_training)
+    total, count = distributed.sum_all(world, [total, count], device)
     return total / count
 
 
@@ -159,10 +170,16 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, resume_from: dict | None = None):
         self.config = config
+        self.world = world = distributed.world_from_env()
         self.device = pick_device(config.device)
+        if self.device.type == "cuda" and world.active:
+            self.device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(self.device)
+        distributed.start(world, self.device)
         self.amp = autocast_dtype(self.device, config.dtype)
-        self.threads = set_threads(config.threads)
-        seed_everything(config.seed)
+        self.threads = set_threads(config.threads, world.local_size)
+        # Ranks draw different dropout masks; DDP gives every rank rank 0's initial weights.
+        seed_everything(config.seed + world.rank)
 
         source = corpus.resolve(config.corpus, config.encoding)
         self.corpus = corpus.load(source)
@@ -172,9 +189,11 @@ class Trainer:
             raise CharRNNError(f"the validation split of {self.corpus.name} is empty; "
                                "use a longer corpus or a larger --val-frac")
         if config.batching == "stream":
-            self.batches = data.StreamBatches(self.train_tokens, config.batch_size, config.seq_length)
+            self.batches = data.StreamBatches(self.train_tokens, config.batch_size, config.seq_length,
+                                              world.rank, world.size)
         else:
-            self.batches = data.RandomBatches(self.train_tokens, config.batch_size, config.seq_length, config.seed)
+            self.batches = data.RandomBatches(self.train_tokens, config.batch_size, config.seq_length,
+                                              config.seed, world.rank, world.size)
 
         self.model_config = ModelConfig(len(self.vocab), config.model, config.rnn_size, config.num_layers,
                                         config.embedding_size, config.dropout)
@@ -187,6 +206,8 @@ class Trainer:
         self.metrics: list[dict] = []
         if resume_from is not None:
             self._restore(resume_from)
+        # Gradients are averaged over ranks inside backward(); self.model stays the plain module.
+        self.forward_model = DistributedDataParallel(self.model) if world.active else self.model
 
     def _restore(self, ckpt: dict) -> None:
         if ckpt["vocab"] != self.vocab.to_list():
@@ -197,9 +218,20 @@ class Trainer:
         progress = ckpt["progress"]
         self.step, self.elapsed, self.best_val = progress["step"], progress["elapsed"], progress["best_val_loss"]
         self.batches.load_state_dict(ckpt["data"])
-        self.state = state_from_list(ckpt["hidden"], self.device)
+        self.state = self._my_rows(state_from_list(ckpt["hidden"], self.device))
         self.metrics = list(ckpt["metrics"])
         set_rng_states(ckpt["rng"])
+        if self.world.rank:  # the checkpoint holds rank 0's generators; the others start afresh
+            torch.manual_seed(self.config.seed + self.world.rank + self.world.size * self.step)
+
+    def _my_rows(self, state):
+        """This rank's rows of a saved global-batch state; None if the world size has changed."""
+        rows, b = self.config.batch_size * self.world.size, self.config.batch_size
+        tensors = state if isinstance(state, tuple) else (state,)
+        if state is None or tensors[0].shape[1] != rows:
+            return None
+        mine = tuple(t[:, self.world.rank * b:(self.world.rank + 1) * b].contiguous() for t in tensors)
+        return mine if isinstance(state, tuple) else mine[0]
 
     # -- stopping and schedule ------------------------------------------------------------------
     def progress(self) -> float:
@@ -221,12 +253,14 @@ class Trainer:
         x, y, new_stream = next(self.batches)
         if new_stream:
             self.state = None  # a new pass over the text: nothing to remember
+        if self.device.type == "cuda":  # pinned pages let the copy overlap with the GPU's work
+            x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         lr = learning_rate(self.config, self.step, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            log_probs, state = self.model(x, self.state)
+            log_probs, state = self.forward_model(x, self.state)
         loss = F.nll_loss(log_probs.flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,23 +283,28 @@ class Trainer:
             "progress": {"step": self.step, "epoch": self.batches.epoch, "elapsed": self.elapsed,
                          "best_val_loss": self.best_val},
             "data": self.batches.state_dict(),
-            "hidden": state_to_list(self.state),
+            "hidden": [distributed.gather_rows(self.world, t) for t in state_to_list(self.state)],
             "rng": rng_states(),
             "metrics": self.metrics,
         }
 
     def save(self, *names: str) -> None:
+        """Every rank takes part (the state is gathered); rank 0 writes."""
         payload = self.payload()
-        for name in names:
-            checkpoint.save(payload, self.dir / name)
+        if self.world.is_main:
+            for name in names:
+                checkpoint.save(payload, self.dir / name)
 
     def write_metrics(self) -> None:
+        if not self.world.is_main:
+            return
         lines = "".join(json.dumps(m) + "\n" for m in self.metrics)
         (self.dir / "metrics.jsonl").write_text(lines)
 
     # -- the loop -------------------------------------------------------------------------------
     def evaluate_and_save(self, train_loss: float, chars_per_sec: float) -> dict:
-        val = evaluate(self.model, self.val_tokens, self.config.seq_length, self.device, self.amp)
+        val = evaluate(self.model, self.val_tokens, self.config.seq_length, self.device, self.amp,
+                       world=self.world)
         if not math.isfinite(val):  # the last update broke the weights: keep the checkpoints as they are
             raise CharRNNError(f"the validation loss became {val} at step {self.step}; the checkpoints in "
                                f"{self.dir} are kept; lower --learning-rate or --grad-clip")
@@ -286,44 +325,56 @@ class Trainer:
         return (f"corpus {self.corpus.name}: {n:,} chars, vocabulary {len(self.vocab)}, "
                 f"train {len(self.train_tokens):,} / val {len(self.val_tokens):,}\n"
                 f"model {c.model} {c.num_layers}x{c.rnn_size}, {self.model.num_parameters():,} parameters; "
-                f"batch {c.batch_size}x{c.seq_length} ({c.batching}), device {self.device}, "
+                f"batch {c.batch_size}x{c.seq_length} ({c.batching})"
+                + (f" per rank x {self.world.size} ranks = {c.batch_size * self.world.size} rows"
+                   if self.world.active else "") + f", device {self.device}, "
                 f"{'bf16 autocast' if self.amp else 'fp32'}, {self.threads} threads\n"
                 f"checkpoints in {self.dir}")
 
     def run(self) -> dict:
         """Train until a stopping rule or a signal; returns a summary of the run."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
-        print(self.describe(), flush=True)
-        chars_per_step = self.config.batch_size * self.config.seq_length
+        main = self.world.is_main
+        if main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            print(self.describe(), flush=True)
+        chars_per_step = self.config.batch_size * self.config.seq_length * self.world.size
         train_loss, since_eval = math.nan, 0
         bar = tqdm(total=self.config.max_steps, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not sys.stdout.isatty(), leave=False)
+                   disable=not (main and sys.stdout.isatty()), leave=False)
+        say = bar.write if main else (lambda text: None)
+        done, stopping = self.finished(), False  # at entry, from the checkpoint: the same on every rank
         last = window_start = time.perf_counter()
         with StopFlag() as stop, bar:
-            while not self.finished() and stop.signal is None:
+            while not (done or stopping):
                 loss = self.train_step()
-                if not math.isfinite(loss):
-                    raise CharRNNError(f"the loss became {loss} at step {self.step}; the checkpoints in "
-                                       f"{self.dir} are kept; lower --learning-rate or --grad-clip")
-                train_loss = loss if math.isnan(train_loss) else 0.95 * train_loss + 0.05 * loss
                 now = time.perf_counter()
                 self.elapsed, last, since_eval = self.elapsed + now - last, now, since_eval + 1
+                # one small all-reduce per step keeps the ranks in step on when and why to stop
+                bad, done, stopping = distributed.any_rank(
+                    self.world, [not math.isfinite(loss), self.finished(), stop.signal is not None], self.device)
+                if bad:
+                    what = loss if not math.isfinite(loss) else "non-finite on another rank"
+                    raise CharRNNError(f"the loss became {what} at step {self.step}; the checkpoints in "
+                                       f"{self.dir} are kept; lower --learning-rate or --grad-clip")
+                train_loss = loss if math.isnan(train_loss) else 0.95 * train_loss + 0.05 * loss
                 cps = since_eval * chars_per_step / (now - window_start)  # training speed, evals excluded
                 bar.update(1)
                 bar.set_postfix_str(self._postfix(train_loss, cps), refresh=False)
-                if self.step % self.config.eval_every == 0 or self.finished():
-                    bar.write(self._summary(self.evaluate_and_save(train_loss, cps)))
+                if self.step % self.config.eval_every == 0 or done:
+                    say(self._summary(self.evaluate_and_save(train_loss, cps)))
                     now = time.perf_counter()  # the budget is wall time: evaluations count
                     self.elapsed, last, window_start, since_eval = self.elapsed + now - last, now, now, 0
-        if stop.signal is not None:
+        interrupted = stopping and not done
+        if interrupted:
             self.save("last.pt")
             self.write_metrics()
         elif not self.metrics or self.metrics[-1]["step"] != self.step:
-            bar.write(self._summary(self.evaluate_and_save(train_loss, 0.0)))
-        plot_metrics(self.metrics, self.dir / "loss_curve.png")
+            say(self._summary(self.evaluate_and_save(train_loss, 0.0)))
+        if main:
+            plot_metrics(self.metrics, self.dir / "loss_curve.png")
         return {"step": self.step, "best_val_loss": self.best_val, "checkpoint_dir": str(self.dir),
-                "interrupted": stop.signal is not None}
+                "interrupted": interrupted, "is_main": main}
 
     def _postfix(self, train_loss: float, cps: float) -> str:
         val = f"{self.metrics[-1]['val_loss']:.3f}" if self.metrics else "-"
@@ -367,9 +418,18 @@ def train(config: TrainConfig, resume: str | None = None, overrides: dict | None
             config = replace(config, corpus=str(Path(config.corpus).resolve()))
         if not (config.max_steps or config.max_epochs or config.time_budget):
             config = replace(config, time_budget=DEFAULT_TIME_BUDGET)
-        return Trainer(config).run()
+        return _run(config, None)
     path = checkpoint.resolve(resume, prefer="last.pt")
     ckpt = checkpoint.load(path)
     config = resume_config(ckpt["train_config"], overrides or {})
-    print(f"resuming {path} at step {ckpt['progress']['step']}", flush=True)
-    return Trainer(config, resume_from=ckpt).run()
+    if distributed.world_from_env().is_main:
+        print(f"resuming {path} at step {ckpt['progress']['step']}", flush=True)
+    return _run(config, ckpt)
+
+
+def _run(config: TrainConfig, ckpt: dict | None) -> dict:
+    """Build and run a trainer; the process group (under torchrun) is closed however it ends."""
+    try:
+        return Trainer(config, resume_from=ckpt).run()
+    finally:
+        distributed.stop(distributed.world_from_env())

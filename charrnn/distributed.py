@@ -1,0 +1,71 @@
+"""Data-parallel training with torch.distributed, as started by torchrun.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them this is a world of one and every
+helper below does nothing. Backend: nccl on CUDA, gloo otherwise.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env() -> World:
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
+                 int(env.get("LOCAL_RANK", 0)), int(env.get("LOCAL_WORLD_SIZE", 1)))
+
+
+def start(world: World, device: torch.device) -> None:
+    if world.active and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def stop(world: World) -> None:
+    if world.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def any_rank(world: World, flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on every rank if it is true on any: so that all ranks stop at the same step."""
+    if not world.active:
+        return flags
+    t = torch.tensor([int(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(f) for f in t.tolist()]
+
+
+def sum_all(world: World, values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of `values` over all ranks."""
+    if not world.active:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def gather_rows(world: World, state: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's (L, B, H) state along the batch: the global batch's state, in rank order."""
+    if not world.active:
+        return state
+    parts = [torch.empty_like(state) for _ in range(world.size)]
+    dist.all_gather(parts, state.contiguous())
+    return torch.cat(parts, dim=1)

@@ -1,0 +1,39 @@
+"""Run under torchrun by test_distributed.py: train a few steps and check what each rank sees.
+
+Writes, from rank 0, a JSON file with the per-step mean loss over ranks, whether the ranks' first
+batches differed, and whether every rank's weights were identical after every step.
+"""
+import json
+import sys
+from dataclasses import replace
+
+import torch
+import torch.distributed as dist
+
+from charrnn.train import TrainConfig, Trainer
+
+config = TrainConfig(**json.loads(sys.argv[1]))
+out_path, steps = sys.argv[2], int(sys.argv[3])
+trainer = Trainer(replace(config, checkpoint_dir=None))
+world = trainer.world
+
+position = trainer.batches.state_dict()
+first_x, _, _ = next(trainer.batches)  # a peek: the position is put back before training
+trainer.batches.load_state_dict(position)
+xs = [torch.empty_like(first_x) for _ in range(world.size)]
+dist.all_gather(xs, first_x)
+losses, identical = [], True
+for _ in range(steps):
+    loss = torch.tensor([trainer.train_step()], dtype=torch.float64)
+    dist.all_reduce(loss)
+    losses.append(loss.item() / world.size)
+    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    copies = [torch.empty_like(flat) for _ in range(world.size)]
+    dist.all_gather(copies, flat)
+    identical &= all(torch.equal(copies[0], c) for c in copies)
+if world.is_main:
+    weights = {k: v.tolist() for k, v in trainer.model.state_dict().items()}
+    with open(out_path, "w") as f:
+        json.dump({"losses": losses, "identical": identical, "world": world.size,
+                   "different_data": not torch.equal(xs[0], xs[1]), "weights": weights}, f)
+dist.destroy_process_group()
