@@ -61,7 +61,7 @@ def build_parser() -> flags.Parser:
                    "then cpu (default auto)")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on "
                    "CUDA, fp32 on CPU (default auto)")
-    g.add_argument("--threads", type=flags.positive_int, help="CPU threads (default: all cores)")
+    g.add_argument("--threads", type=flags.threads, help="CPU threads (default: all cores)")
     return p
 
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -24,26 +27,41 @@ VERSION = 1
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 
-def save(payload: dict, path: Path) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: a crash leaves the old file."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write through `write` to a temporary file beside `path`, fsync, then rename over `path`.
+
+    A crash at any instant leaves either the old file or the new one, never a torn one; a failure
+    (a full disk, say) is a one-line CharRNNError and leaves the old file as it was.
+    """
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a checkpoint is meant to be shared
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be shared
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException as e:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise CharRNNError(f"could not write checkpoint {path}: {e.strerror or e}; "
-                               "free some space or choose another --checkpoint-dir") from None
+            raise CharRNNError(f"could not write {path}: {e.strerror or e}; free some space or "
+                               "choose another folder (--checkpoint-dir)") from None
         raise
-    _fsync_dir(path.parent)
+
+
+def save(payload: dict, path: Path) -> None:
+    """Save a checkpoint atomically, stamped with the format and version."""
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete what writes cut short by a kill left behind (their targets are intact)."""
+    for tmp in directory.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -58,8 +76,10 @@ def _fsync_dir(directory: Path) -> None:
 def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
     """Load and check a charrnn checkpoint; anything else is a one-line CharRNNError."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CharRNNError(f"checkpoint {path} does not exist; train one with python train.py")
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise CharRNNError(f"checkpoint {path} is not a regular file; give a .pt file or a run directory")
     try:
         with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol: not for users
             warnings.simplefilter("ignore")
@@ -70,7 +90,7 @@ def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
                                "use another checkpoint, e.g. best.pt or last.pt") from None
         raise CharRNNError(f"checkpoint {path} holds objects that are not plain data (code?); "
                            "refused to load it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch's readers fail in many ways on damaged bytes; none runs code
         raise CharRNNError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
                            "use another checkpoint, e.g. best.pt or last.pt") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -101,9 +121,14 @@ def build_model(ckpt: dict, device: torch.device | str = "cpu") -> tuple[CharRNN
     """The model and vocabulary a checkpoint describes, with its weights, in eval mode."""
     try:
         vocab = Vocab(ckpt["vocab"])
-        model = CharRNN(ModelConfig(**ckpt["model_config"]))
+        config = ModelConfig(**ckpt["model_config"])
+        with torch.device("meta"):  # check the shapes first: a 1 KB file must not allocate gigabytes
+            expected = {k: v.shape for k, v in CharRNN(config).state_dict().items()}
+        if expected != {k: v.shape for k, v in ckpt["model"].items()}:
+            raise RuntimeError("its weights do not match its model config")
+        model = CharRNN(config)
         model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError, CharRNNError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, CharRNNError) as e:
         raise CharRNNError(f"checkpoint does not describe a usable model ({type(e).__name__}: "
                            f"{str(e).splitlines()[0][:120]}); retrain or use another file") from None
     return model.to(device).eval(), vocab

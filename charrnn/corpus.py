@@ -16,7 +16,7 @@ import re
 import stat
 import sys
 import sysconfig
-import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn.checkpoint import atomic_write
 from charrnn.errors import CharRNNError
 from charrnn.vocab import Vocab, code_points
 
@@ -125,13 +126,7 @@ def download(item: Download, dest: Path) -> None:
     if digest != item.sha256:
         raise CharRNNError(f"download of {dest.name} has sha256 {digest[:12]}..., expected "
                            f"{item.sha256[:12]}...; save the right file as {dest}")
-    atomic_write_bytes(dest, data)
-
-
-def atomic_write_bytes(dest: Path, data: bytes) -> None:
-    with tempfile.NamedTemporaryFile(dir=dest.parent, prefix=f".{dest.name}.", delete=False) as f:
-        f.write(data)
-    os.replace(f.name, dest)
+    atomic_write(dest, lambda f: f.write(data))
 
 
 def read_chunks(source: Source) -> Iterator[str]:
@@ -168,11 +163,14 @@ def load(source: Source, cache_dir: Path | None = None) -> Corpus:
     key = _cache_key(source)
     meta_path, tokens_path = cache_dir / f"{key}.json", cache_dir / f"{key}.tokens"
     if not meta_path.exists():
+        start = time.perf_counter()
         try:
             _build_cache(source, meta_path, tokens_path)
         except OSError as e:
             raise CharRNNError(f"cannot write the corpus cache in {cache_dir} ({e.strerror or e}); "
                                "free some space or set CHARRNN_CACHE_DIR to a writable folder") from None
+        print(f"encoded {source.name} in {time.perf_counter() - start:.1f}s (cached in {cache_dir})",
+              file=sys.stderr)
     meta = json.loads(meta_path.read_text())
     vocab = Vocab(meta["chars"])
     tokens = np.memmap(tokens_path, dtype=vocab.index_dtype, mode="r", shape=(meta["length"],))
@@ -203,17 +201,13 @@ def _build_cache(source: Source, meta_path: Path, tokens_path: Path) -> None:
     meta_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tokens_path.with_name(f".{tokens_path.name}.{os.getpid()}")
     try:
-        tokens = np.memmap(tmp, dtype=vocab.index_dtype, mode="w+", shape=(length,))
-        pos = 0
-        for text in read_chunks(source):  # pass 2: indices, written straight to the map
-            encoded = vocab.encode_points(code_points(text))
-            tokens[pos:pos + len(encoded)] = encoded
-            pos += len(encoded)
-        tokens.flush()
-        del tokens
+        # pass 2: indices, appended to a plain file (a writable map would keep its dirty pages in RSS)
+        with open(tmp, "wb") as f:
+            for text in read_chunks(source):
+                f.write(vocab.encode_points(code_points(text)).tobytes())
         os.replace(tmp, tokens_path)
     finally:
         tmp.unlink(missing_ok=True)
     meta = {"name": source.name, "chars": vocab.to_list(), "length": length,
             "files": [str(p) for p in source.files], "encoding": source.encoding}
-    atomic_write_bytes(meta_path, json.dumps(meta).encode())  # written last: marks the cache complete
+    atomic_write(meta_path, lambda f: f.write(json.dumps(meta).encode()))  # last: marks the cache complete

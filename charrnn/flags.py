@@ -7,6 +7,8 @@ import re
 import sys
 from collections.abc import Callable
 
+import torch
+
 from charrnn.errors import CharRNNError
 
 
@@ -37,6 +39,7 @@ nonnegative_float = _number(float, 0, 1e6, what="a number >= 0")
 fraction = _number(float, 0, 0.9, what="a fraction from 0 to 0.9")
 unit_interval = _number(float, 0, 1, what="a number from 0 to 1")
 probability = _number(float, 0, 1, low_open=True, what="a probability in (0, 1]")
+threads = _number(int, 1, 1024, what="an integer from 1 to 1024")
 seed = _number(int, 0, 2**63 - 1, what="an integer from 0 to 2**63-1")
 
 
@@ -57,6 +60,15 @@ def run_main(main: Callable[[], int | None]) -> None:
         sys.exit(main())
     except CharRNNError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        print(f"error: out of memory ({str(e).splitlines()[0][:80] if str(e) else 'MemoryError'}); use a smaller "
+              "--rnn-size, --batch-size or --num-samples", file=sys.stderr)
+        sys.exit(1)
+    except RuntimeError as e:
+        if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
+            raise
+        print("error: out of memory; use a smaller --rnn-size, --batch-size or --num-samples", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -6,6 +6,7 @@ finishes the step in hand, saves `last.pt` and returns, so `--resume` continues 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -50,7 +51,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 2e-3
     min_lr_frac: float = 0.1
-    warmup_steps: int = 100
+    warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     # when to stop (whichever comes first) and when to evaluate
@@ -299,7 +300,7 @@ class Trainer:
         if not self.world.is_main:
             return
         lines = "".join(json.dumps(m) + "\n" for m in self.metrics)
-        (self.dir / "metrics.jsonl").write_text(lines)
+        checkpoint.atomic_write(self.dir / "metrics.jsonl", lambda f: f.write(lines.encode()))
 
     # -- the loop -------------------------------------------------------------------------------
     def evaluate_and_save(self, train_loss: float, chars_per_sec: float) -> dict:
@@ -335,8 +336,9 @@ class Trainer:
         """Train until a stopping rule or a signal; returns a summary of the run."""
         main = self.world.is_main
         if main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.json").write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+            checkpoint.remove_stale_temporaries(self.dir)
+            config_json = json.dumps(asdict(self.config), indent=2) + "\n"
+            checkpoint.atomic_write(self.dir / "config.json", lambda f: f.write(config_json.encode()))
             print(self.describe(), flush=True)
         chars_per_step = self.config.batch_size * self.config.seq_length * self.world.size
         train_loss, since_eval = math.nan, 0
@@ -421,15 +423,32 @@ def train(config: TrainConfig, resume: str | None = None, overrides: dict | None
         return _run(config, None)
     path = checkpoint.resolve(resume, prefer="last.pt")
     ckpt = checkpoint.load(path)
-    config = resume_config(ckpt["train_config"], overrides or {})
+    with _invalid_checkpoint(path):
+        config = resume_config(ckpt["train_config"], overrides or {})
+        step = ckpt["progress"]["step"]
     if distributed.world_from_env().is_main:
-        print(f"resuming {path} at step {ckpt['progress']['step']}", flush=True)
-    return _run(config, ckpt)
+        print(f"resuming {path} at step {step}", flush=True)
+    return _run(config, ckpt, path)
 
 
-def _run(config: TrainConfig, ckpt: dict | None) -> dict:
+@contextlib.contextmanager
+def _invalid_checkpoint(path: Path):
+    """A checkpoint that loads but lacks or garbles a field is a one-line error, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise CharRNNError(f"checkpoint {path} is incomplete or invalid ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:100] if str(e) else ''}); use another checkpoint") from None
+
+
+def _run(config: TrainConfig, ckpt: dict | None, path: Path | None = None) -> dict:
     """Build and run a trainer; the process group (under torchrun) is closed however it ends."""
     try:
-        return Trainer(config, resume_from=ckpt).run()
+        if ckpt is None:
+            trainer = Trainer(config)
+        else:
+            with _invalid_checkpoint(path):
+                trainer = Trainer(config, resume_from=ckpt)
+        return trainer.run()
     finally:
         distributed.stop(distributed.world_from_env())

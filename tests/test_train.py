@@ -4,7 +4,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
