@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ def build_parser() -> flags.Parser:
                    "per character (the whole file as one stream, state carried) and exit")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu",
                    help="where to run (default cpu: fastest for one character at a time)")
-    p.add_argument("--threads", type=flags.positive_int, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=flags.threads, help="CPU threads (default: all cores)")
     return p
 
 
@@ -60,9 +61,12 @@ def describe(path, ckpt: dict, num_parameters: int) -> str:
 
 
 def score(model, vocab, path: str, skip_unknown: bool, device: torch.device) -> str:
+    if not Path(path).exists():  # not a corpus name: --score reads the file it is given
+        raise CharRNNError(f"--score file {path} does not exist")
     source = corpus.resolve(path)
-    points = np.concatenate([vocab.encode_points(corpus.code_points(text), skip_unknown)
-                             for text in corpus.read_chunks(source)])
+    points = np.concatenate([np.zeros(0, vocab.index_dtype)]  # an empty file yields no chunk at all
+                            + [vocab.encode_points(corpus.code_points(text), skip_unknown)
+                               for text in corpus.read_chunks(source)])
     if len(points) < 2:
         raise CharRNNError(f"{path} has fewer than 2 known characters; nothing to score")
     loss = evaluate(model, points, seq_length=1024, device=device, streams=1)

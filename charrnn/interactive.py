@@ -2,7 +2,8 @@
 
 Each line is fed to the model after what came before (`:reset` forgets it); an empty line
 continues the last output. Commands start with ':'. When stdin is not a terminal, lines are
-answered one by one with no prompt decoration, so the prompt can be scripted.
+answered one by one with no prompt decoration, so the prompt can be scripted: each answer is one
+line, its backslashes, newlines and carriage returns written as \\\\, \\n and \\r.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Session:
         self.generator = make_generator(seed, next(model.parameters()).device)
         self.state: State | None = None
         self.pending = ""  # the last character shown but not yet fed to the model
+        self.one_line = False  # escape line breaks so that each answer is one line (for scripts)
 
     def handle(self, line: str) -> bool:
         """Act on one input line; False means quit."""
@@ -43,9 +45,10 @@ class Session:
         self.vocab.encode(line, self.skip_unknown)  # check the whole line before touching the state
         prime = self.pending + line  # empty at the start: generate() begins a fresh text
         stream = Streamer(self.out)
+        on_text = (lambda text: stream(escape_line_breaks(text))) if self.one_line else stream
         try:
             texts, state = generate(self.model, self.vocab, self.config, prime, state=self.state,
-                                    generator=self.generator, on_text=stream, skip_unknown=self.skip_unknown)
+                                    generator=self.generator, on_text=on_text, skip_unknown=self.skip_unknown)
         except KeyboardInterrupt:  # stop this answer, keep the text from before it
             self.out.write("\n(stopped)\n")
             self.out.flush()
@@ -89,6 +92,10 @@ SETTINGS = {"temp": ("temperature", float, None), "topk": ("top_k", int, 0),
             "topp": ("top_p", float, 1.0), "len": ("length", int, None)}
 
 
+def escape_line_breaks(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def parse_number(kind: type, name: str, text: str) -> int | float:
     try:
         return kind(text)
@@ -100,6 +107,7 @@ def parse_number(kind: type, name: str, text: str) -> int | float:
 def run(session: Session, stdin: TextIO = sys.stdin) -> None:
     """Read lines until :quit, Ctrl-D, or Ctrl-C at the prompt."""
     tty = stdin.isatty() and session.out.isatty()
+    session.one_line = not tty
     if tty:
         import readline  # noqa: F401  (line editing and history for input())
         session.say(f"{session.info}\n:help for commands, Ctrl-D to leave")

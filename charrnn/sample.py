@@ -42,15 +42,20 @@ def next_char_probs(log_probs: torch.Tensor, temperature: float, top_k: int | No
     """Log-probabilities (N, V) -> the distribution to draw from (N, V), after the filters."""
     if temperature == 0:  # greedy: all the mass on the most likely character
         return torch.nn.functional.one_hot(log_probs.argmax(-1), log_probs.shape[-1]).float()
-    logits = log_probs.float() / temperature
+    # A temperature below float32's range would divide by 0 (0/0 = NaN, and a row of -inf). At 1e-30
+    # the draw is already greedy for any logits a model makes, and no |logit| < 1e8 overflows.
+    logits = log_probs.float() / max(temperature, 1e-30)
     if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, -math.inf)
+        # by index, not by value: with ties at the k-th value a threshold would keep more than k
+        top = logits.topk(top_k, dim=-1).indices
+        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
+        logits = logits.masked_fill(~keep, -math.inf)
     if top_p is not None and top_p < 1:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # drop a character when the ones more likely than it already reach top_p (the first stays)
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
+        probs = sorted_logits.softmax(-1)
+        # drop a character when the ones more likely than it already reach top_p
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop_sorted[..., 0] = False  # the likeliest always stays, even if top_p rounds to 0 in float32
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
     return logits.softmax(-1)
 
@@ -121,7 +126,12 @@ def start_indices(vocab: Vocab, prime: str, skip_unknown: bool = False) -> list[
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator seeded with `seed`, or from the OS when it is None."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed if seed is not None else torch.seed())
+    if seed is None:
+        generator.seed()  # from the OS; torch.seed() would also reseed torch's global generator
+    elif not 0 <= seed <= 2**63 - 1:
+        raise CharRNNError(f"seed must be an integer from 0 to 2**63-1, not {seed}")
+    else:
+        generator.manual_seed(seed)
     return generator
 
 
@@ -170,12 +180,21 @@ def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = ""
                     on_text(chars[c])
         if all(done) or t == config.length - 1:
             break
-        last, state = step(nxt, state)
+        last, new_state = step(nxt, state)
+        # a finished sample keeps the state from before its last character, as for the others
+        state = _keep_rows(torch.tensor(done, device=device), state, new_state) if any(done) else new_state
     return ["".join(t) for t in texts], state
 
 
 def _ends_with(text: list[str], stop: str | None) -> bool:
     return bool(stop) and "".join(text[-len(stop):]) == stop
+
+
+def _keep_rows(rows: torch.Tensor, old: State, new: State) -> State:
+    """`new`, except the batch rows where `rows` (N,) is True, which keep `old`."""
+    if isinstance(new, tuple):
+        return tuple(_keep_rows(rows, o, n) for o, n in zip(old, new))
+    return torch.where(rows.view(1, -1, 1), old, new)
 
 
 def _expand(state: State | None, n: int) -> State | None:

@@ -1,0 +1,263 @@
+"""generate.py as a user runs it.
+
+A subprocess costs ~1.5 s of importing torch, so the few checks that need a real process (output
+and exit codes end to end, signals) run one; the many flag and checkpoint cases call the script's
+main() in this process through flags.run_main, which is what `python generate.py` runs.
+"""
+import importlib.util
+import math
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from charrnn import checkpoint, flags
+from charrnn.errors import CharRNNError
+
+REPO = Path(__file__).resolve().parent.parent
+GENERATE = REPO / "generate.py"
+# The child resets SIGINT to its default first, so Python installs its Ctrl-C handler even where
+# the test runner was started with SIGINT ignored (a background job).
+RESET_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
+
+_spec = importlib.util.spec_from_file_location("generate_script", GENERATE)
+script = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(script)
+
+
+def command(checkpoint_path, *args) -> list[str]:
+    return [sys.executable, "-c", RESET_SIGINT, str(GENERATE), "--checkpoint", str(checkpoint_path),
+            "--threads", "1", *args]
+
+
+def run(checkpoint_path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run(command(checkpoint_path, *args), cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_line_error(code: int, out: str, err: str, expected_code: int = 1) -> None:
+    assert code == expected_code
+    assert out == ""
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "error:" in err
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run generate.py in this process: cli(*args) -> (exit code, stdout, stderr)."""
+    previous = signal.getsignal(signal.SIGTERM)  # main() points SIGTERM at KeyboardInterrupt
+    threads = torch.get_num_threads()  # and sets the thread count (--threads 1: tiny models, 2 busy cores)
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["generate.py", "--threads", "1", *map(str, args)])
+        try:
+            flags.run_main(script.main)
+        except SystemExit as e:
+            code = e.code
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            torch.set_num_threads(threads)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return call
+
+
+# ---------------------------------------------------------------- sampling, end to end
+
+
+def test_output_is_the_prime_then_length_characters_and_seed_repeats_it(tiny_checkpoint):
+    first = run(tiny_checkpoint, "--prime", "the ", "--length", "120", "--seed", "5")
+    assert first.returncode == 0 and first.stderr == ""
+    assert first.stdout.startswith("the ")
+    assert len(first.stdout) == len("the ") + 120 + 1 and first.stdout.endswith("\n")
+    assert run(tiny_checkpoint, "--prime", "the ", "--length", "120", "--seed", "5").stdout == first.stdout
+
+
+def test_different_seeds_give_different_text(tiny_checkpoint, cli):
+    outputs = {cli("--checkpoint", tiny_checkpoint, "--length", 60, "--seed", seed)[1] for seed in (1, 2)}
+    assert len(outputs) == 2
+
+
+def test_temperature_zero_repeats_without_a_seed(tiny_checkpoint, cli):
+    args = ("--prime", "a ", "--length", "80", "--temperature", "0")
+    separate = run(tiny_checkpoint, *args)
+    code, out, _ = cli("--checkpoint", tiny_checkpoint, *args)
+    assert separate.returncode == code == 0
+    assert separate.stdout == out and len(out) == 2 + 80 + 1
+
+
+def test_num_samples_prints_each_sample_with_the_prime(tiny_checkpoint, cli):
+    code, out, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "the ", "--length", 25, "--num-samples", 3,
+                       "--seed", 1)
+    assert code == 0
+    parts = out.split("--- sample ")[1:]
+    assert [part.split(" ---\n")[0] for part in parts] == ["1", "2", "3"]
+    bodies = [part.split(" ---\n", 1)[1] for part in parts]
+    assert all(body.startswith("the ") and len(body) == len("the ") + 25 + 1 for body in bodies)
+    assert len(set(bodies)) > 1
+
+
+def test_info_describes_the_checkpoint(tiny_checkpoint, cli):
+    ckpt = checkpoint.load(tiny_checkpoint)
+    model, vocab = checkpoint.build_model(ckpt)
+    code, out, _ = cli("--checkpoint", tiny_checkpoint, "--info")
+    assert code == 0
+    assert f"corpus {ckpt['corpus']['name']} ({ckpt['corpus']['length']:,} chars)" in out
+    assert f"vocabulary {len(vocab)}" in out
+    assert f"{model.num_parameters():,} parameters" in out
+    assert f"trained {ckpt['progress']['step']:,} steps" in out
+    assert f"best validation loss {ckpt['progress']['best_val_loss']:.4f}" in out
+
+
+def test_score_prints_nats_and_bits_per_character(tiny_checkpoint, cli, tmp_path):
+    text = "the quick brown fox jumps over the lazy dog.\n" * 30
+    path = tmp_path / "some.txt"
+    path.write_text(text)
+    code, out, _ = cli("--checkpoint", tiny_checkpoint, "--score", path)
+    assert code == 0
+    nats = float(out.split(" nats/char")[0].split()[-1])
+    bits = float(out.split(" bits/char")[0].split()[-1])
+    assert bits == pytest.approx(nats / math.log(2), abs=1e-3)
+    model, vocab = checkpoint.build_model(checkpoint.load(tiny_checkpoint))
+    idx = torch.tensor([vocab.encode(text)])
+    with torch.no_grad():
+        log_probs, _ = model(idx[:, :-1])
+    expected = -log_probs[0].gather(-1, idx[0, 1:, None]).mean().item()
+    assert nats == pytest.approx(expected, abs=1e-3)
+    assert f"over {len(text) - 1:,} characters" in out
+
+
+@pytest.mark.parametrize("content", ["", "a"], ids=["empty", "one char"])
+def test_score_of_a_file_too_short_to_score_is_a_one_line_error(tiny_checkpoint, cli, tmp_path, content):
+    path = tmp_path / "short.txt"
+    path.write_text(content)
+    code, out, err = cli("--checkpoint", tiny_checkpoint, "--score", path)
+    assert_one_line_error(code, out, err)
+    assert "fewer than 2" in err
+
+
+def test_score_of_a_missing_file_is_a_one_line_error(tiny_checkpoint, cli, tmp_path):
+    code, out, err = cli("--checkpoint", tiny_checkpoint, "--score", tmp_path / "nope.txt")
+    assert_one_line_error(code, out, err)
+    assert "nope.txt does not exist" in err
+
+
+def test_tiny_temperature_is_greedy_not_an_error(tiny_checkpoint, cli):
+    greedy = cli("--checkpoint", tiny_checkpoint, "--temperature", 0, "--length", 40)
+    assert greedy[0] == 0
+    assert cli("--checkpoint", tiny_checkpoint, "--temperature", "1e-320", "--length", 40) == greedy
+
+
+# ---------------------------------------------------------------- bad input: one line, no traceback
+
+
+def test_bad_flag_value_exits_2_with_one_stderr_line(tiny_checkpoint):
+    result = run(tiny_checkpoint, "--top-k", "0")
+    assert_one_line_error(result.returncode, result.stdout, result.stderr, expected_code=2)
+    assert "--top-k" in result.stderr
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--temperature", "-1"), ("--temperature", "nan"), ("--temperature", "abc"), ("--top-k", "0"),
+    ("--top-p", "0"), ("--top-p", "1.5"), ("--length", "0"), ("--length", "-5"), ("--num-samples", "0"),
+    ("--seed", "-1")])
+def test_every_bad_flag_value_exits_2_with_one_stderr_line(tiny_checkpoint, cli, flag, value):
+    code, out, err = cli("--checkpoint", tiny_checkpoint, flag, value)
+    assert_one_line_error(code, out, err, expected_code=2)
+    assert flag in err
+
+
+def test_missing_checkpoint_is_a_one_line_error(cli, tmp_path):
+    code, out, err = cli("--checkpoint", tmp_path / "nope.pt")
+    assert_one_line_error(code, out, err)
+    assert "does not exist" in err
+
+
+def test_corrupt_checkpoint_is_a_one_line_error_end_to_end(tmp_path):
+    path = tmp_path / "random.pt"
+    path.write_bytes(random.Random(0).randbytes(4096))
+    result = run(path)
+    assert_one_line_error(result.returncode, result.stdout, result.stderr)
+
+
+def test_truncated_checkpoint_is_a_one_line_error(tiny_checkpoint, cli, tmp_path):
+    data = tiny_checkpoint.read_bytes()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[:len(data) // 2])
+    assert_one_line_error(*cli("--checkpoint", path))
+
+
+def test_checkpoint_directory_without_checkpoints_is_a_one_line_error(cli, tmp_path):
+    assert_one_line_error(*cli("--checkpoint", tmp_path))
+
+
+def test_no_checkpoint_at_all_is_a_one_line_error(cli, tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "CHECKPOINTS_DIR", tmp_path)
+    with pytest.raises(CharRNNError, match="no checkpoint found"):
+        checkpoint.resolve(None)
+    code, out, err = cli()
+    assert_one_line_error(code, out, err)
+    assert "no checkpoint found" in err
+
+
+def test_default_checkpoint_is_the_run_written_last(tiny_checkpoint, cli, tmp_path, monkeypatch):
+    for i, run_name in enumerate(["older", "newer"]):
+        (tmp_path / run_name).mkdir()
+        (tmp_path / run_name / "best.pt").write_bytes(tiny_checkpoint.read_bytes())
+        os.utime(tmp_path / run_name / "best.pt", (1e9 + i, 1e9 + i))
+    monkeypatch.setattr(checkpoint, "CHECKPOINTS_DIR", tmp_path)
+    code, out, err = cli("--length", 10)
+    assert code == 0 and len(out) == 10 + 1
+    assert err == f"using {tmp_path / 'newer' / 'best.pt'}\n"
+
+
+def test_unknown_prime_character_exits_1_naming_it_before_any_output(tiny_checkpoint):
+    result = run(tiny_checkpoint, "--prime", "thé ")
+    assert_one_line_error(result.returncode, result.stdout, result.stderr)
+    assert "'é'" in result.stderr
+
+
+def test_skip_unknown_drops_unknown_prime_characters(tiny_checkpoint, cli):
+    code, skipped, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "thé ", "--skip-unknown",
+                           "--temperature", 0, "--length", 40)
+    _, plain, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "th ", "--temperature", 0, "--length", 40)
+    assert code == 0
+    assert skipped.startswith("thé ") and skipped[len("thé "):] == plain[len("th "):]
+
+
+# ---------------------------------------------------------------- signals
+
+
+def read_some(fd: int, timeout: float) -> bytes:
+    """The first bytes that arrive on fd, or b'' if none come within timeout seconds."""
+    ready, _, _ = select.select([fd], [], [], timeout)
+    return os.read(fd, 65536) if ready else b""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_during_a_long_generation_stops_it_with_exit_130(tiny_checkpoint, signum):
+    proc = subprocess.Popen(command(tiny_checkpoint, "--length", "10000000"), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = read_some(proc.stdout.fileno(), timeout=60)
+        assert first, "no output within 60 s"
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert time.monotonic() - sent < 10
+    assert b"Traceback" not in err and err.strip() == b""
+    assert len(first) + len(out) < 10_000_000
