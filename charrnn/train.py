@@ -58,7 +58,7 @@ class TrainConfig:
     max_steps: int | None = None
     max_epochs: float | None = None
     time_budget: float | None = None
-    eval_every: int = 250
+    eval_every: int = 100
     # where and how
     checkpoint_dir: str | None = None
     seed: int = 1337
