@@ -1,0 +1,64 @@
+"""The CUDA path's decisions, checked on a CPU: device choice, autocast dtype, moving checkpoints."""
+import os
+
+import pytest
+import torch
+
+from charrnn import checkpoint
+from charrnn.device import autocast_dtype, pick_device, set_threads
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, ModelConfig
+
+
+@pytest.fixture
+def no_accelerators(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+
+def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch, no_accelerators):
+    assert pick_device("auto").type == "cpu"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device("auto").type == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto").type == "cuda"
+
+
+def test_an_absent_or_unknown_device_is_an_error_not_a_fallback(no_accelerators):
+    with pytest.raises(CharRNNError, match="--device cuda is not available"):
+        pick_device("cuda")
+    with pytest.raises(CharRNNError, match="unknown --device"):
+        pick_device("tpu")
+
+
+def test_bf16_autocast_on_cuda_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda = torch.device("cuda")
+    assert autocast_dtype(cuda, "auto") is torch.bfloat16
+    assert autocast_dtype(cuda, "bfloat16") is torch.bfloat16
+    assert autocast_dtype(cuda, "float32") is None
+    assert autocast_dtype(torch.device("cpu"), "auto") is None
+    with pytest.raises(CharRNNError, match="needs a CUDA GPU"):
+        autocast_dtype(torch.device("cpu"), "bfloat16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda, "auto") is None
+
+
+def test_threads_are_shared_between_processes_on_a_machine():
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(None, processes_per_machine=os.cpu_count()) == 1
+        assert set_threads(3) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_checkpoint_loads_onto_another_device(tmp_path):
+    """Tensors are mapped to the CPU on load and the model moved where asked ('meta' stands in for a GPU)."""
+    model = CharRNN(ModelConfig(vocab_size=5, rnn_size=8, embedding_size=4))
+    checkpoint.save({"vocab": list("abcde"), "model_config": {"vocab_size": 5, "rnn_size": 8, "embedding_size": 4},
+                     "model": model.state_dict()}, tmp_path / "m.pt")
+    ckpt = checkpoint.load(tmp_path / "m.pt")
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values())
+    moved, _ = checkpoint.build_model(ckpt, "meta")
+    assert {p.device.type for p in moved.parameters()} == {"meta"}
