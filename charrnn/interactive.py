@@ -11,8 +11,6 @@ import sys
 from dataclasses import replace
 from typing import TextIO
 
-import torch
-
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, State
 from charrnn.sample import SampleConfig, Streamer, generate, make_generator

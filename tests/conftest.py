@@ -1,7 +1,10 @@
-"""Shared fixtures: every test gets its own corpus cache, and a small text built here."""
+"""Shared fixtures: every test gets its own corpus cache; small texts, a tiny trained checkpoint."""
 from pathlib import Path
 
 import pytest
+import torch
+
+from charrnn import checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
@@ -34,8 +37,6 @@ def text_file(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint (best.pt): a small 2-layer LSTM trained 150 steps (about a second) on make_text()."""
-    import torch
-
     from charrnn.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("tiny_run")
@@ -54,3 +55,18 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
         finally:
             torch.set_num_threads(threads)
     return root / "run" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine a second one costs 10x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_checkpoint):
+    """(model, vocab) of the tiny trained LSTM; its vocabulary is a-z, space, '.', newline."""
+    return checkpoint.build_model(checkpoint.load(tiny_checkpoint))

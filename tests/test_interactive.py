@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from charrnn import checkpoint
 from charrnn.interactive import HELP, Session, run
 from charrnn.sample import SampleConfig, generate, make_generator
 
@@ -19,18 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 GENERATE = REPO / "generate.py"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine a second one costs 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_checkpoint):
-    return checkpoint.build_model(checkpoint.load(tiny_checkpoint))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def new_session(trained, seed=0, out=None, **config) -> Session:

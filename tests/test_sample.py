@@ -11,26 +11,13 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from charrnn import checkpoint
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import SampleConfig, Stepper, generate, make_generator, next_char_probs
 from charrnn.vocab import UnknownCharacterError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine a second one costs 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_checkpoint):
-    """(model, vocab) of the tiny trained LSTM; its vocabulary is a-z, space, '.', newline."""
-    return checkpoint.build_model(checkpoint.load(tiny_checkpoint))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_log_probs(rows: int, v: int, seed: int, scale: float = 2.0) -> torch.Tensor:
