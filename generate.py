@@ -96,7 +96,7 @@ def main() -> int:
                                       sys.stdout, args.skip_unknown)
         interactive.run(session)
         return 0
-    generator = make_generator(args.seed, device)
+    generator = make_generator(args.seed)
     if args.num_samples == 1:
         sys.stdout.write(args.prime)
         generate(model, vocab, config, args.prime, generator=generator, on_text=Streamer(sys.stdout),

@@ -2,10 +2,11 @@
 
 What a user would write from the PyTorch docs: embedding, nn.LSTM, linear head, cross-entropy,
 Adam at a constant learning rate, random windows (no state carried), fp32, nothing else. It
-reports validation loss the same way charrnn does (charrnn.train.evaluate, 8 streams, state
-carried), so the two are comparable. Example:
+reports validation loss the same way charrnn does (charrnn.train.evaluate: the whole split, 8
+streams, state carried), at each of --marks (training time; the clock stops while it evaluates).
+Example:
 
-    python bench/baseline.py --time-budget 90s
+    python bench/baseline.py --time-budget 10m --marks 1m,3m,5m
 """
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 from charrnn import corpus, data, flags  # noqa: E402
 from charrnn.train import evaluate  # noqa: E402
+
+SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
 class PlainLSTM(nn.Module):
@@ -37,41 +41,65 @@ class PlainLSTM(nn.Module):
         return F.log_softmax(self.head(out), dim=-1), state
 
 
-def main() -> None:
+class PlainLoop:
+    """Random windows in, Adam step out: the whole training loop, one call per step."""
+
+    def __init__(self, train: np.ndarray, vocab_size: int, args: argparse.Namespace):
+        torch.manual_seed(args.seed)
+        self.train, self.args = train, args
+        self.model = PlainLSTM(vocab_size, args.rnn_size, args.num_layers, args.embedding_size)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=args.learning_rate)
+        self.rng = np.random.default_rng(args.seed)
+        self.offsets = np.arange(args.seq_length + 1)
+
+    def step(self) -> float:
+        a = self.args
+        starts = self.rng.integers(0, len(self.train) - a.seq_length - 1, a.batch_size)
+        w = torch.from_numpy(self.train[starts[:, None] + self.offsets].astype(np.int64))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
+            log_probs, _ = self.model(w[:, :-1])
+        loss = F.nll_loss(log_probs.float().flatten(0, 1), w[:, 1:].flatten())
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", default=str(Path(__file__).resolve().parent.parent.parent / "shared" / "corpora"
-                                           / "tinyshakespeare.txt"))
+    p.add_argument("--corpus", default=str(SHAKESPEARE))
     p.add_argument("--time-budget", type=flags.duration, default=90.0)
+    p.add_argument("--marks", default="", help="also evaluate at these training times, e.g. 1m,3m,5m")
     p.add_argument("--rnn-size", type=int, default=256)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--embedding-size", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--bf16", action="store_true", help="autocast the forward pass to bfloat16")
     p.add_argument("--seed", type=int, default=1337)
-    args = p.parse_args()
-    torch.manual_seed(args.seed)
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
+    marks = sorted({flags.duration(m) for m in args.marks.split(",") if m} | {args.time_budget})
     text = corpus.load(corpus.resolve(args.corpus))
     train, val, _ = data.split(text.tokens, 0.1)
-    model = PlainLSTM(len(text.vocab), args.rnn_size, args.num_layers, args.embedding_size)
-    opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    rng = np.random.default_rng(args.seed)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < args.time_budget:
-        starts = rng.integers(0, len(train) - args.seq_length - 1, args.batch_size)
-        w = torch.from_numpy(train[starts[:, None] + np.arange(args.seq_length + 1)].astype(np.int64))
-        log_probs, _ = model(w[:, :-1])
-        loss = F.nll_loss(log_probs.flatten(0, 1), w[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        steps += 1
-    seconds = time.perf_counter() - start
-    val_loss = evaluate(model, val, args.seq_length, torch.device("cpu"))
-    cps = steps * args.batch_size * args.seq_length / seconds
-    print(f"baseline: {steps} steps in {seconds:.0f} s, {cps:,.0f} chars/s, val {val_loss:.4f} nats/char")
-    print(json.dumps({"steps": steps, "seconds": round(seconds, 1), "chars_per_sec": round(cps),
-                      "val_loss": round(val_loss, 4)}))
+    loop = PlainLoop(train, len(text.vocab), args)
+    steps, trained, curve = 0, 0.0, []
+    for mark in marks:
+        start = time.perf_counter()
+        while trained + time.perf_counter() - start < mark:
+            loop.step()
+            steps += 1
+        trained += time.perf_counter() - start
+        curve.append({"elapsed": round(trained, 1), "step": steps,
+                      "val_loss": round(evaluate(loop.model, val, args.seq_length, torch.device("cpu")), 4)})
+        print(f"baseline: step {steps} at {trained:.0f} s: val {curve[-1]['val_loss']:.4f} nats/char", flush=True)
+    cps = steps * args.batch_size * args.seq_length / trained
+    print(f"baseline: {steps} steps in {trained:.0f} s, {cps:,.0f} chars/s")
+    print(json.dumps({"steps": steps, "seconds": round(trained, 1), "chars_per_sec": round(cps), "curve": curve}))
 
 
 if __name__ == "__main__":

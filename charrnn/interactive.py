@@ -31,7 +31,7 @@ class Session:
                  info: str, out: TextIO, skip_unknown: bool = False):
         self.model, self.vocab, self.config, self.info, self.out = model, vocab, config, info, out
         self.skip_unknown = skip_unknown
-        self.generator = make_generator(seed, next(model.parameters()).device)
+        self.generator = make_generator(seed)
         self.state: State | None = None
         self.pending = ""  # the last character shown but not yet fed to the model
         self.one_line = False  # escape line breaks so that each answer is one line (for scripts)
@@ -71,7 +71,7 @@ class Session:
             self.state, self.pending = None, ""
             self.say("(state forgotten)")
         elif name == "seed":
-            self.generator = make_generator(parse_number(int, name, arg), self.generator.device)
+            self.generator = make_generator(parse_number(int, name, arg))
         elif name in SETTINGS:
             field, kind, off = SETTINGS[name]
             value = parse_number(kind, name, arg)

@@ -38,16 +38,6 @@ class CharRNN(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.rnn_size, config.vocab_size)
         self.log_softmax = nn.LogSoftmax(dim=-1)
-        if config.model == "lstm":
-            self._open_forget_gates()
-
-    def _open_forget_gates(self) -> None:
-        """Forget-gate bias 1 so memory flows from the start (Jozefowicz et al., 2015)."""
-        h = self.config.rnn_size
-        with torch.no_grad():
-            for name, bias in self.rnn.named_parameters():
-                if name.startswith("bias_ih"):  # gate order i, f, g, o; bias_hh keeps its init
-                    bias[h:2 * h].fill_(1.0)
 
     def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         x = self.embed(idx)                      # (B, T, E)

@@ -1,7 +1,8 @@
 """Sampling text from a model: temperature, top-k, top-p, prime, stop string, several samples at once.
 
 The prime goes through the model in one forward pass; then one character per step, carrying the
-state. Randomness comes from a seeded torch.Generator only, so the same seed gives the same text.
+state, in numpy (see Stepper). Randomness comes from a seeded numpy Generator only, so the same
+seed gives the same text.
 """
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+import numpy as np
 import torch
 
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, State
 from charrnn.vocab import Vocab
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer, in PyTorch's weight layout
 
 
 @dataclass(frozen=True)
@@ -37,82 +41,106 @@ class SampleConfig:
             raise CharRNNError(f"length must be >= 1, not {self.length}")
 
 
-def next_char_probs(log_probs: torch.Tensor, temperature: float, top_k: int | None = None,
-                    top_p: float | None = None) -> torch.Tensor:
-    """Log-probabilities (N, V) -> the distribution to draw from (N, V), after the filters."""
+def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None = None,
+                    top_p: float | None = None) -> np.ndarray:
+    """Logits or log-probabilities (N, V) -> the float64 distribution to draw from (N, V), after the filters."""
+    rows = np.arange(len(logits))[:, None]
     if temperature == 0:  # greedy: all the mass on the most likely character
-        return torch.nn.functional.one_hot(log_probs.argmax(-1), log_probs.shape[-1]).float()
-    # A temperature below float32's range would divide by 0 (0/0 = NaN, and a row of -inf). At 1e-30
-    # the draw is already greedy for any logits a model makes, and no |logit| < 1e8 overflows.
-    logits = log_probs.float() / max(temperature, 1e-30)
+        probs = np.zeros(logits.shape)
+        probs[rows[:, 0], logits.argmax(-1)] = 1.0
+        return probs
+    # A temperature of 1e-300 would overflow to inf and make NaNs. At 1e-30 the draw is already
+    # greedy for any logits a model makes, and no |logit| < 1e270 overflows in float64.
+    logits = logits.astype(np.float64) / max(temperature, 1e-30)
     if top_k is not None and top_k < logits.shape[-1]:
         # by index, not by value: with ties at the k-th value a threshold would keep more than k
-        top = logits.topk(top_k, dim=-1).indices
-        keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top, True)
-        logits = logits.masked_fill(~keep, -math.inf)
+        keep = np.zeros(logits.shape, dtype=bool)
+        keep[rows, np.argpartition(-logits, top_k - 1, axis=-1)[:, :top_k]] = True
+        logits = np.where(keep, logits, -np.inf)
     if top_p is not None and top_p < 1:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
+        order = np.argsort(-logits, axis=-1, kind="stable")
+        probs = softmax(logits[rows, order])
         # drop a character when the ones more likely than it already reach top_p
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop_sorted[..., 0] = False  # the likeliest always stays, even if top_p rounds to 0 in float32
-        logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), -math.inf)
-    return logits.softmax(-1)
+        drop_sorted[:, 0] = False  # the likeliest always stays, even if top_p rounds to 0
+        drop = np.empty_like(drop_sorted)
+        drop[rows, order] = drop_sorted
+        logits = np.where(drop, -np.inf, logits)
+    return softmax(logits)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def draw(probs: np.ndarray, generator: np.random.Generator) -> np.ndarray:
+    """One index per row of probs (N, V), drawn with that row's probabilities; zeros are never drawn."""
+    cumulative = probs.cumsum(-1)
+    # 1 - random() lies in (0, 1]: a point at exactly 0 could land on a leading zero-probability entry
+    point = (1.0 - generator.random(len(probs)))[:, None] * cumulative[:, -1:]
+    return (cumulative < point).sum(-1)
 
 
 class Stepper:
-    """The model's one-character step written out by hand, for sampling speed.
+    """The model's one-character step written out by hand in numpy, for sampling speed.
 
-    A fused nn.LSTM call costs milliseconds of set-up for a single character; these few tensor
-    operations per layer cost microseconds. The first layer's input product is precomputed for
-    every character (the lookup table times its input weights, plus biases), so a step starts
-    with a row lookup. The state has the model's layout, so it passes between the two freely.
+    For one character the cost is per-call overhead, not arithmetic: a fused nn.LSTM call costs
+    milliseconds of set-up, a torch operation several microseconds, a numpy one about one. The
+    first layer's input product is precomputed for every character (the lookup table times its
+    input weights, plus biases), so a step starts with a row lookup. States are tuples of
+    float32 arrays laid out like the model's: (h,) or, for an LSTM, (h, c), each (L, N, H).
     """
 
     def __init__(self, model: CharRNN):
         cfg, rnn = model.config, model.rnn
-        self.cell, self.hidden = cfg.model, cfg.rnn_size
-        fold_hh_bias = cfg.model != "gru"  # GRU keeps b_hh apart: it sits inside r * (W_hn h + b_hn)
+        self.cell, hidden = cfg.model, cfg.rnn_size
+        # sigmoid(x) = (1 + tanh(x / 2)) / 2: with the sigmoid gates' weights and biases halved
+        # here, one tanh call serves every gate of a step.
+        scale = np.ones(GATES[self.cell] * hidden, dtype=np.float32)
+        scale[:2 * hidden if self.cell != "rnn" else 0] = 0.5      # LSTM i, f; GRU r, z
+        if self.cell == "lstm":
+            scale[3 * hidden:] = 0.5                                  # LSTM o
+        keep_hh_bias = self.cell == "gru"  # GRU keeps b_hh apart: it sits inside r * (W_hn h + b_hn)
         self.layers = []
         with torch.no_grad():
             for k in range(cfg.num_layers):
                 w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
                 b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
-                b_in = b_ih + b_hh if fold_hh_bias else b_ih
-                if k == 0:
-                    w_in = model.embed.weight @ w_ih.T + b_in          # (V, G*H): a row per character
-                else:
-                    w_in = w_ih.T.contiguous()                          # (H, G*H)
-                self.layers.append((w_in, b_in, w_hh.T.contiguous(), None if fold_hh_bias else b_hh))
-            self.w_out, self.b_out = model.head.weight.T.contiguous(), model.head.bias.clone()
+                b_in = b_ih if keep_hh_bias else b_ih + b_hh
+                w_in = model.embed.weight @ w_ih.T + b_in if k == 0 else w_ih.T   # (V or H, G*H)
+                self.layers.append(tuple(
+                    None if t is None else np.ascontiguousarray(t.float().cpu().numpy() * scale)
+                    for t in (w_in, b_in, w_hh.T, b_hh if keep_hh_bias else None)))
+            self.w_out = model.head.weight.T.float().cpu().contiguous().numpy()
+            self.b_out = model.head.bias.float().cpu().numpy()
 
-    def __call__(self, idx: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """idx (N,) and a model state -> logits (N, V) and the next state."""
-        h_all, c_all = state if self.cell == "lstm" else (state, None)
-        hs, cs = [], []
-        x = None
+    def __call__(self, idx: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """idx (N,) and a state -> logits (N, V) and the next state."""
+        hs, cs, x = [], [], None
         for k, (w_in, b_in, w_hh, b_hh) in enumerate(self.layers):
-            h = h_all[k]
-            gx = w_in[idx] if k == 0 else torch.addmm(b_in, x, w_in)   # (N, G*H)
+            h = state[0][k]
+            gx = w_in[idx] if k == 0 else x @ w_in + b_in      # (N, G*H); the table holds b_in
             if self.cell == "lstm":
-                gates = torch.addmm(gx, h, w_hh)
-                sig = gates.sigmoid()
-                i, f, o = sig[:, :self.hidden], sig[:, self.hidden:2 * self.hidden], sig[:, 3 * self.hidden:]
-                c = torch.addcmul(f * c_all[k], i, gates[:, 2 * self.hidden:3 * self.hidden].tanh())
-                x = o * c.tanh()
+                t = np.tanh(gx + h @ w_hh)
+                i, f, g, o = np.split(t, 4, axis=1)
+                c = (f + 1) * state[1][k] + (i + 1) * g    # = 2 * (sigmoid(f) c + sigmoid(i) g)
+                c *= 0.5
+                x = (o + 1) * np.tanh(c)
+                x *= 0.5
                 cs.append(c)
             elif self.cell == "gru":
-                gh = torch.addmm(b_hh, h, w_hh)
-                rz = (gx[:, :2 * self.hidden] + gh[:, :2 * self.hidden]).sigmoid()
-                r, z = rz[:, :self.hidden], rz[:, self.hidden:]
-                n = torch.addcmul(gx[:, 2 * self.hidden:], r, gh[:, 2 * self.hidden:]).tanh()
-                x = torch.addcmul(n, z, h - n)
+                gh = h @ w_hh + b_hh
+                r_z, n_x = np.split(gx, [2 * h.shape[1]], axis=1)
+                r_z_h, n_h = np.split(gh, [2 * h.shape[1]], axis=1)
+                r, z = np.split(np.tanh(r_z + r_z_h) * 0.5 + 0.5, 2, axis=1)
+                n = np.tanh(n_x + r * n_h)
+                x = n + z * (h - n)
             else:
-                x = torch.addmm(gx, h, w_hh).tanh()
+                x = np.tanh(gx + h @ w_hh)
             hs.append(x)
-        h_new = torch.stack(hs)
-        logits = torch.addmm(self.b_out, x, self.w_out)
-        return logits, ((h_new, torch.stack(cs)) if self.cell == "lstm" else h_new)
+        logits = x @ self.w_out + self.b_out
+        return logits, (np.stack(hs), np.stack(cs)) if cs else (np.stack(hs),)
 
 
 def start_indices(vocab: Vocab, prime: str, skip_unknown: bool = False) -> list[int]:
@@ -123,16 +151,11 @@ def start_indices(vocab: Vocab, prime: str, skip_unknown: bool = False) -> list[
     return [vocab.chars.index("\n") if "\n" in vocab else 0]
 
 
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+def make_generator(seed: int | None) -> np.random.Generator:
     """A generator seeded with `seed`, or from the OS when it is None."""
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()  # from the OS; torch.seed() would also reseed torch's global generator
-    elif not 0 <= seed <= 2**63 - 1:
+    if seed is not None and not 0 <= seed <= 2**63 - 1:
         raise CharRNNError(f"seed must be an integer from 0 to 2**63-1, not {seed}")
-    else:
-        generator.manual_seed(seed)
-    return generator
+    return np.random.default_rng(seed)
 
 
 class Streamer:
@@ -151,7 +174,7 @@ class Streamer:
 
 @torch.no_grad()
 def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = "", *,
-             num_samples: int = 1, generator: torch.Generator | None = None, state: State | None = None,
+             num_samples: int = 1, generator: np.random.Generator | None = None, state: State | None = None,
              on_text: Callable[[str], None] | None = None, skip_unknown: bool = False,
              ) -> tuple[list[str], State]:
     """Continue `prime` (after `state`, if given) `num_samples` times.
@@ -161,40 +184,38 @@ def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = ""
     the first sample's characters as they are made (for streaming).
     """
     device = next(model.parameters()).device
-    generator = generator or make_generator(None, device)
+    generator = generator or make_generator(None)
     model.eval()
     idx = torch.tensor(start_indices(vocab, prime, skip_unknown), device=device)
-    log_probs, state = model(idx.expand(num_samples, -1), _expand(state, num_samples))
-    last = log_probs[:, -1]                                  # (N, V)
+    log_probs, model_state = model(idx.expand(num_samples, -1), _expand(state, num_samples))
+    logits = log_probs[:, -1].cpu().numpy()                    # (N, V)
+    state = tuple(s.float().cpu().numpy() for s in _tensors(model_state))
     step = Stepper(model)
     chars, texts = vocab.chars, [[] for _ in range(num_samples)]
-    done = [False] * num_samples
+    done = np.zeros(num_samples, dtype=bool)
     for t in range(config.length):
-        probs = next_char_probs(last, config.temperature, config.top_k, config.top_p)
-        nxt = torch.multinomial(probs, 1, generator=generator).view(-1)   # (N,)
+        nxt = draw(next_char_probs(logits, config.temperature, config.top_k, config.top_p), generator)
         for i, c in enumerate(nxt.tolist()):
             if not done[i]:
                 texts[i].append(chars[c])
                 done[i] = _ends_with(texts[i], config.stop)
                 if i == 0 and on_text:
                     on_text(chars[c])
-        if all(done) or t == config.length - 1:
+        if done.all() or t == config.length - 1:
             break
-        last, new_state = step(nxt, state)
+        logits, new_state = step(nxt, state)
         # a finished sample keeps the state from before its last character, as for the others
-        state = _keep_rows(torch.tensor(done, device=device), state, new_state) if any(done) else new_state
-    return ["".join(t) for t in texts], state
+        state = tuple(np.where(done[:, None], o, n) for o, n in zip(state, new_state)) if done.any() else new_state
+    tensors = tuple(torch.from_numpy(s).to(device) for s in state)
+    return ["".join(t) for t in texts], tensors if len(tensors) == 2 else tensors[0]
 
 
 def _ends_with(text: list[str], stop: str | None) -> bool:
     return bool(stop) and "".join(text[-len(stop):]) == stop
 
 
-def _keep_rows(rows: torch.Tensor, old: State, new: State) -> State:
-    """`new`, except the batch rows where `rows` (N,) is True, which keep `old`."""
-    if isinstance(new, tuple):
-        return tuple(_keep_rows(rows, o, n) for o, n in zip(old, new))
-    return torch.where(rows.view(1, -1, 1), old, new)
+def _tensors(state: State) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
 
 
 def _expand(state: State | None, n: int) -> State | None:

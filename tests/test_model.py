@@ -54,17 +54,6 @@ def test_embedding_lookup_equals_one_hot_times_weights():
     assert torch.allclose(model.embed(x), vocab.one_hot(x) @ model.embed.weight)
 
 
-def test_lstm_forget_gate_bias_is_one_in_bias_ih_only():
-    model = tiny("lstm", rnn_size=16, num_layers=2)
-    h = 16
-    for layer in range(2):
-        bias_ih = getattr(model.rnn, f"bias_ih_l{layer}")
-        bias_hh = getattr(model.rnn, f"bias_hh_l{layer}")
-        assert torch.equal(bias_ih[h:2 * h], torch.ones(h))
-        assert not torch.equal(bias_ih[:h], torch.ones(h))  # only the forget gate
-        assert not torch.equal(bias_hh[h:2 * h], torch.ones(h))
-
-
 def test_detach_state_keeps_values_and_cuts_gradients():
     model, x = tiny("lstm"), batch()
     _, state = model(x)
