@@ -60,7 +60,7 @@ def build_parser() -> flags.Parser:
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="auto picks cuda, then mps, "
                    "then cpu (default auto)")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], help="auto: bf16 autocast on "
-                   "CUDA, fp32 on CPU (default auto)")
+                   "CUDA, fp32 on CPU; bfloat16 on a CPU needs AVX512-BF16 or AMX (default auto)")
     g.add_argument("--threads", type=flags.threads, help="CPU threads (default: all cores)")
     return p
 
