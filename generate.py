@@ -13,7 +13,7 @@ from charrnn import checkpoint, corpus, flags, interactive
 from charrnn.device import pick_device, set_threads
 from charrnn.errors import CharRNNError
 from charrnn.sample import SampleConfig, Streamer, generate, make_generator
-from charrnn.train import evaluate
+from charrnn.train import EVAL_CHUNK, evaluate
 
 D = SampleConfig()
 
@@ -69,7 +69,7 @@ def score(model, vocab, path: str, skip_unknown: bool, device: torch.device) -> 
                                for text in corpus.read_chunks(source)])
     if len(points) < 2:
         raise CharRNNError(f"{path} has fewer than 2 known characters; nothing to score")
-    loss = evaluate(model, points, seq_length=1024, device=device, streams=1)
+    loss = evaluate(model, points, EVAL_CHUNK, device, streams=1)
     return f"{path}: {loss:.4f} nats/char, {loss / math.log(2):.4f} bits/char over {len(points) - 1:,} characters"
 
 

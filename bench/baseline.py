@@ -24,7 +24,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from charrnn import corpus, data, flags  # noqa: E402
-from charrnn.train import evaluate  # noqa: E402
+from charrnn.train import EVAL_CHUNK, evaluate  # noqa: E402
 
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 
@@ -95,7 +95,7 @@ def main() -> None:
             steps += 1
         trained += time.perf_counter() - start
         curve.append({"elapsed": round(trained, 1), "step": steps,
-                      "val_loss": round(evaluate(loop.model, val, args.seq_length, torch.device("cpu")), 4)})
+                      "val_loss": round(evaluate(loop.model, val, EVAL_CHUNK, torch.device("cpu")), 4)})
         print(f"baseline: step {steps} at {trained:.0f} s: val {curve[-1]['val_loss']:.4f} nats/char", flush=True)
     cps = steps * args.batch_size * args.seq_length / trained
     print(f"baseline: {steps} steps in {trained:.0f} s, {cps:,.0f} chars/s")

@@ -41,14 +41,10 @@ class SampleConfig:
             raise CharRNNError(f"length must be >= 1, not {self.length}")
 
 
-def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None = None,
-                    top_p: float | None = None) -> np.ndarray:
-    """Logits or log-probabilities (N, V) -> the float64 distribution to draw from (N, V), after the filters."""
+def filter_logits(logits: np.ndarray, temperature: float, top_k: int | None = None,
+                  top_p: float | None = None) -> np.ndarray:
+    """Logits (N, V) and a temperature > 0 -> float64 logits / temperature, -inf outside top-k and top-p."""
     rows = np.arange(len(logits))[:, None]
-    if temperature == 0:  # greedy: all the mass on the most likely character
-        probs = np.zeros(logits.shape)
-        probs[rows[:, 0], logits.argmax(-1)] = 1.0
-        return probs
     # A temperature of 1e-300 would overflow to inf and make NaNs. At 1e-30 the draw is already
     # greedy for any logits a model makes, and no |logit| < 1e270 overflows in float64.
     logits = logits.astype(np.float64) / max(temperature, 1e-30)
@@ -59,27 +55,26 @@ def next_char_probs(logits: np.ndarray, temperature: float, top_k: int | None = 
         logits = np.where(keep, logits, -np.inf)
     if top_p is not None and top_p < 1:
         order = np.argsort(-logits, axis=-1, kind="stable")
-        probs = softmax(logits[rows, order])
+        sorted_logits = logits[rows, order]
+        probs = np.exp(sorted_logits - sorted_logits[:, :1])
+        probs /= probs.sum(-1, keepdims=True)
         # drop a character when the ones more likely than it already reach top_p
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
         drop_sorted[:, 0] = False  # the likeliest always stays, even if top_p rounds to 0
         drop = np.empty_like(drop_sorted)
         drop[rows, order] = drop_sorted
         logits = np.where(drop, -np.inf, logits)
-    return softmax(logits)
+    return logits
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def draw(probs: np.ndarray, generator: np.random.Generator) -> np.ndarray:
-    """One index per row of probs (N, V), drawn with that row's probabilities; zeros are never drawn."""
-    cumulative = probs.cumsum(-1)
-    # 1 - random() lies in (0, 1]: a point at exactly 0 could land on a leading zero-probability entry
-    point = (1.0 - generator.random(len(probs)))[:, None] * cumulative[:, -1:]
-    return (cumulative < point).sum(-1)
+def draw(logits: np.ndarray, config: SampleConfig, generator: np.random.Generator) -> np.ndarray:
+    """One character index per row of logits (N, V), under the config's temperature and filters."""
+    if config.temperature == 0:  # greedy
+        return logits.argmax(-1)
+    logits = filter_logits(logits, config.temperature, config.top_k, config.top_p)
+    # Gumbel-max: the argmax of logits plus Gumbel noise is a draw from softmax(logits), in three
+    # numpy calls; characters at -inf are never drawn.
+    return (logits + generator.gumbel(size=logits.shape)).argmax(-1)
 
 
 class Stepper:
@@ -117,30 +112,29 @@ class Stepper:
 
     def __call__(self, idx: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """idx (N,) and a state -> logits (N, V) and the next state."""
-        hs, cs, x = [], [], None
+        new = tuple(np.empty_like(s) for s in state)
+        x, n = None, state[0].shape[2]
         for k, (w_in, b_in, w_hh, b_hh) in enumerate(self.layers):
             h = state[0][k]
             gx = w_in[idx] if k == 0 else x @ w_in + b_in      # (N, G*H); the table holds b_in
+            x = new[0][k]
             if self.cell == "lstm":
                 t = np.tanh(gx + h @ w_hh)
-                i, f, g, o = np.split(t, 4, axis=1)
-                c = (f + 1) * state[1][k] + (i + 1) * g    # = 2 * (sigmoid(f) c + sigmoid(i) g)
-                c *= 0.5
-                x = (o + 1) * np.tanh(c)
-                x *= 0.5
-                cs.append(c)
+                t1 = t + 1                                      # 2 * sigmoid for i, f, o
+                c = new[1][k]
+                np.multiply(t1[:, n:2 * n], state[1][k], out=c)
+                c += t1[:, :n] * t[:, 2 * n:3 * n]
+                c *= 0.5                                        # c' = sigmoid(f) c + sigmoid(i) g
+                np.multiply(t1[:, 3 * n:], np.tanh(c), out=x)
+                x *= 0.5                                        # h' = sigmoid(o) tanh(c')
             elif self.cell == "gru":
                 gh = h @ w_hh + b_hh
-                r_z, n_x = np.split(gx, [2 * h.shape[1]], axis=1)
-                r_z_h, n_h = np.split(gh, [2 * h.shape[1]], axis=1)
-                r, z = np.split(np.tanh(r_z + r_z_h) * 0.5 + 0.5, 2, axis=1)
-                n = np.tanh(n_x + r * n_h)
-                x = n + z * (h - n)
+                rz = np.tanh(gx[:, :2 * n] + gh[:, :2 * n]) * 0.5 + 0.5
+                cand = np.tanh(gx[:, 2 * n:] + rz[:, :n] * gh[:, 2 * n:])
+                np.add(cand, rz[:, n:] * (h - cand), out=x)    # h' = (1 - z) n + z h
             else:
-                x = np.tanh(gx + h @ w_hh)
-            hs.append(x)
-        logits = x @ self.w_out + self.b_out
-        return logits, (np.stack(hs), np.stack(cs)) if cs else (np.stack(hs),)
+                np.tanh(gx + h @ w_hh, out=x)
+        return x @ self.w_out + self.b_out, new
 
 
 def start_indices(vocab: Vocab, prime: str, skip_unknown: bool = False) -> list[int]:
@@ -192,20 +186,22 @@ def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = ""
     state = tuple(s.float().cpu().numpy() for s in _tensors(model_state))
     step = Stepper(model)
     chars, texts = vocab.chars, [[] for _ in range(num_samples)]
-    done = np.zeros(num_samples, dtype=bool)
+    done = [False] * num_samples  # a list, not an array: this loop runs once per character
     for t in range(config.length):
-        nxt = draw(next_char_probs(logits, config.temperature, config.top_k, config.top_p), generator)
+        nxt = draw(logits, config, generator)
         for i, c in enumerate(nxt.tolist()):
             if not done[i]:
                 texts[i].append(chars[c])
                 done[i] = _ends_with(texts[i], config.stop)
                 if i == 0 and on_text:
                     on_text(chars[c])
-        if done.all() or t == config.length - 1:
+        if all(done) or t == config.length - 1:
             break
         logits, new_state = step(nxt, state)
-        # a finished sample keeps the state from before its last character, as for the others
-        state = tuple(np.where(done[:, None], o, n) for o, n in zip(state, new_state)) if done.any() else new_state
+        if any(done):  # a finished sample keeps the state from before its last character
+            rows = np.array(done)[:, None]
+            new_state = tuple(np.where(rows, old, new) for old, new in zip(state, new_state))
+        state = new_state
     tensors = tuple(torch.from_numpy(s).to(device) for s in state)
     return ["".join(t) for t in texts], tensors if len(tensors) == 2 else tensors[0]
 

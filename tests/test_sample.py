@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import SampleConfig, Stepper, draw, generate, make_generator, next_char_probs
+from charrnn.sample import SampleConfig, Stepper, draw, filter_logits, generate, make_generator
 from charrnn.vocab import UnknownCharacterError
 
 
@@ -32,9 +32,17 @@ def entropy(counts) -> float:
     return -sum(c / n * math.log(c / n) for c in counts if c)
 
 
-def draws(probs: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """n draws with replacement from each row of probs (N, V) -> (N, n)."""
-    return draw(np.repeat(probs, n, axis=0), make_generator(seed)).reshape(len(probs), n)
+def next_char_probs(logits: np.ndarray, temperature: float, top_k=None, top_p=None) -> np.ndarray:
+    """The distribution draw() samples from: one-hot when greedy, else softmax of the filtered logits."""
+    if temperature == 0:
+        return np.eye(logits.shape[-1])[logits.argmax(-1)]
+    return torch.from_numpy(filter_logits(logits, temperature, top_k, top_p)).softmax(-1).numpy()
+
+
+def draws(logits: np.ndarray, n: int, seed: int = 0, **config) -> np.ndarray:
+    """n draws from each row of logits (N, V) by draw() -> (N, n)."""
+    config = SampleConfig(**{"temperature": 1.0, **config})
+    return draw(np.repeat(logits, n, axis=0), config, make_generator(seed)).reshape(len(logits), n)
 
 
 @torch.no_grad()
@@ -71,7 +79,7 @@ def test_sample_config_accepts_the_edges_of_each_range():
     SampleConfig(temperature=100.0, top_p=1e-9)
 
 
-# ---------------------------------------------------------------- next_char_probs
+# ---------------------------------------------------------------- filters and draws
 
 
 def test_temperature_zero_is_the_argmax_whatever_the_filters():
@@ -87,7 +95,7 @@ def test_lower_temperature_gives_lower_entropy_over_many_draws():
     for temperature in (0.25, 0.5, 1.0, 2.0, 4.0):
         probs = next_char_probs(log_probs, temperature)
         exact = -(probs * np.log(np.maximum(probs, 1e-30))).sum()
-        counts = np.bincount(draws(probs, 20_000)[0], minlength=20).tolist()
+        counts = np.bincount(draws(log_probs, 20_000, temperature=temperature)[0], minlength=20).tolist()
         measured.append(entropy(counts))
         assert measured[-1] == pytest.approx(exact, abs=0.05)
     assert all(low + 0.1 < high for low, high in zip(measured, measured[1:])), measured
@@ -99,7 +107,7 @@ def test_top_k_draws_never_leave_the_k_likeliest(k):
     probs = next_char_probs(log_probs, 1.5, top_k=k)
     allowed = np.argsort(-log_probs, axis=-1)[:, :k]
     assert ((probs > 0).sum(-1) == k).all()
-    for row, drawn in enumerate(draws(probs, 5000)):
+    for row, drawn in enumerate(draws(log_probs, 5000, temperature=1.5, top_k=k)):
         assert set(drawn.tolist()) <= set(allowed[row].tolist())
 
 
@@ -114,7 +122,7 @@ def test_top_p_draws_never_leave_the_nucleus(p):
     log_probs = random_log_probs(4, 30, seed=3)
     probs = next_char_probs(log_probs, 1.0, top_p=p)
     full = np.exp(log_probs)
-    for row, drawn in enumerate(draws(probs, 5000)):
+    for row, drawn in enumerate(draws(log_probs, 5000, top_p=p)):
         ranked = np.argsort(-full[row]).tolist()
         cumulative = full[row][ranked].cumsum()
         size = int((cumulative < p).sum()) + 1  # the fewest likeliest characters whose mass reaches p
@@ -143,7 +151,7 @@ def rows_and_filters(draw):
 @example(case=(np.array([-60.0, -1e4, -math.inf], np.float32), 2, 0.5), temperature=5e-324)
 @example(case=(np.zeros(5, np.float32), 1, None), temperature=1.0)
 @example(case=(np.array([0.0, -1.0], np.float32), None, 1e-308), temperature=1.0)  # top_p is 0 in float32
-def test_next_char_probs_is_always_a_distribution(case, temperature):
+def test_filters_always_leave_a_distribution(case, temperature):
     row, top_k, top_p = case
     probs = next_char_probs(row[None], temperature, top_k, top_p)[0]
     assert probs.shape == row.shape
@@ -265,7 +273,7 @@ def test_stop_ends_each_sample_right_after_the_stop_string(trained):
     model, vocab = trained
     streamed = []
     texts, _ = generate(model, vocab, SampleConfig(length=60, temperature=1.0, stop="s "), "the ",
-                        num_samples=8, generator=make_generator(0), on_text=streamed.append)
+                        num_samples=32, generator=make_generator(0), on_text=streamed.append)
     stopped = [text for text in texts if "s " in text]
     assert stopped and len(stopped) < len(texts)  # both branches are exercised
     for text in texts:
