@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # gate blocks per layer, in PyTorch's weight layout
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (L, B, H), or (h, c) for an LSTM
 
 

@@ -16,10 +16,8 @@ import numpy as np
 import torch
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, State
+from charrnn.model import GATES, CharRNN, State
 from charrnn.vocab import Vocab
-
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks per layer, in PyTorch's weight layout
 
 
 @dataclass(frozen=True)

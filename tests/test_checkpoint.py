@@ -155,6 +155,15 @@ def test_build_model_refuses_a_checkpoint_without_weights(tmp_path):
         checkpoint.build_model(data)
 
 
+@pytest.mark.parametrize("field, value", [("rnn_size", 10**6), ("embedding_size", 10**8), ("num_layers", 3),
+                                          ("vocab_size", 10**8), ("model", "lstm"), ("model", "transformer")])
+def test_build_model_refuses_sizes_its_weights_do_not_have_before_allocating(field, value):
+    data = payload()
+    data["model_config"][field] = value  # a tiny file claiming a huge model must not allocate it
+    with pytest.raises(CharRNNError, match="usable model"):
+        checkpoint.build_model(data)
+
+
 def test_resolve_file_and_directory(tmp_path):
     for name in ("best.pt", "last.pt"):
         checkpoint.save(payload(), tmp_path / name)
