@@ -1,7 +1,8 @@
 """Training throughput: charrnn's trainer against the plain loop, a few model sizes, fp32 and bf16.
 
-For each size, charrnn's Trainer.train_step (batches, schedule, forward, backward, clipping,
-AdamW, state carry) and bench/baseline.py's plain loop take turns, --repeats blocks of --steps
+For each size, with the plain loop's batch (64 x 128) and no dropout, charrnn's
+Trainer.train_step (batches, schedule, forward, backward, clipping, AdamW, state carry) and
+bench/baseline.py's plain loop take turns, --repeats blocks of --steps
 steps each after a warm-up, so that drift in the machine's speed hits both alike; the median
 block is shown. GFLOP/s counts 6 FLOPs per weight per character for the matrix products
 (forward 2, backward 4), beside the measured peak of a large matrix multiply. Example:
@@ -25,6 +26,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from baseline import SHAKESPEARE, PlainLoop, parser as baseline_parser  # noqa: E402
 from charrnn import corpus, data  # noqa: E402
+from charrnn.device import cpu_has_bf16  # noqa: E402
 from charrnn.train import Trainer, TrainConfig  # noqa: E402
 
 SIZES = [(2, 128), (2, 256), (2, 512), (3, 256)]  # (layers, width)
@@ -56,7 +58,9 @@ def chars_per_sec(step, chars_per_step: int, steps: int) -> float:
 def measure(layers: int, width: int, bf16: bool, args, tmp: str) -> dict:
     base_args = baseline_parser().parse_args(["--rnn-size", str(width), "--num-layers", str(layers)]
                                              + (["--bf16"] if bf16 else []))
+    # the same work on both sides: the plain loop's batch shape, no dropout
     config = TrainConfig(corpus=str(SHAKESPEARE), rnn_size=width, num_layers=layers, checkpoint_dir=tmp,
+                         seq_length=base_args.seq_length, batch_size=base_args.batch_size, dropout=0.0,
                          dtype="bfloat16" if bf16 else "float32", threads=torch.get_num_threads())
     text = corpus.load(corpus.resolve(str(SHAKESPEARE)))
     plain = PlainLoop(data.split(text.tokens, 0.1)[0], len(text.vocab), base_args)
@@ -86,7 +90,8 @@ def main() -> None:
     args = p.parse_args()
     if not SHAKESPEARE.exists():
         sys.exit(f"the benchmark corpus {SHAKESPEARE} is missing")
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    # without bf16 instructions a bf16 product is emulated, about 100x slower: measure a small one
+    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, 2048 if cpu_has_bf16() else 512, 2)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
           f"{torch.backends.cpu.get_cpu_capability()}, matmul peak fp32 {peaks['fp32']:.0f} GFLOP/s, "
           f"bf16 {peaks['bf16']:.0f} GFLOP/s")
@@ -96,6 +101,10 @@ def main() -> None:
     for size in args.sizes.split(","):
         layers, width = map(int, size.split("x"))
         for bf16 in (False, True):
+            if bf16 and not cpu_has_bf16():
+                print(f"| {size} | bf16 | not run: this CPU has no bf16 instructions (AVX512-BF16 or AMX) | | | | |")
+                rows.append({"size": size, "dtype": "bf16", "error": "no bf16 instructions"})
+                continue
             with tempfile.TemporaryDirectory() as tmp:
                 try:
                     row = measure(layers, width, bf16, args, tmp)

@@ -54,10 +54,10 @@ def test_piped_lines_are_answered_with_one_line_each(trained):
 
 def test_piped_answers_escape_line_breaks(trained):
     model, vocab = trained
-    config = SampleConfig(length=120, temperature=1.0)
+    config = SampleConfig(length=600, temperature=1.0)
     expected = generate(model, vocab, config, "the", generator=make_generator(0))[0][0]
     assert "\n" in expected  # the corpus has a newline every 11 words
-    lines = piped(new_session(trained, seed=0, length=120), "the\n")
+    lines = piped(new_session(trained, seed=0, length=600), "the\n")
     assert lines == [expected.replace("\\", "\\\\").replace("\n", "\\n")]
 
 
