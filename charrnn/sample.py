@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from charrnn.errors import CharRNNError
-from charrnn.model import GATES, CharRNN, State
+from charrnn.model import GATES, CharRNN, State, state_from_list, state_to_list
 from charrnn.vocab import Vocab
 
 
@@ -181,7 +181,7 @@ def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = ""
     idx = torch.tensor(start_indices(vocab, prime, skip_unknown), device=device)
     log_probs, model_state = model(idx.expand(num_samples, -1), _expand(state, num_samples))
     logits = log_probs[:, -1].cpu().numpy()                    # (N, V)
-    state = tuple(s.float().cpu().numpy() for s in _tensors(model_state))
+    state = tuple(s.float().numpy() for s in state_to_list(model_state))
     step = Stepper(model)
     chars, texts = vocab.chars, [[] for _ in range(num_samples)]
     done = [False] * num_samples  # a list, not an array: this loop runs once per character
@@ -200,16 +200,11 @@ def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = ""
             rows = np.array(done)[:, None]
             new_state = tuple(np.where(rows, old, new) for old, new in zip(state, new_state))
         state = new_state
-    tensors = tuple(torch.from_numpy(s).to(device) for s in state)
-    return ["".join(t) for t in texts], tensors if len(tensors) == 2 else tensors[0]
+    return ["".join(t) for t in texts], state_from_list([torch.from_numpy(s) for s in state], device)
 
 
 def _ends_with(text: list[str], stop: str | None) -> bool:
     return bool(stop) and "".join(text[-len(stop):]) == stop
-
-
-def _tensors(state: State) -> tuple[torch.Tensor, ...]:
-    return state if isinstance(state, tuple) else (state,)
 
 
 def _expand(state: State | None, n: int) -> State | None:
