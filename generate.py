@@ -1,113 +1,133 @@
 """Generate text from a trained checkpoint: python generate.py --prime "ROMEO:" --length 300."""
 from __future__ import annotations
 
-import math
+import json
 import signal
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from charrnn import checkpoint, corpus, flags, interactive
-from charrnn.device import pick_device, set_threads
+from charrnn import flags
+from charrnn.config import DEVICES, POSITIVE_INT, THREADS, SampleConfig
 from charrnn.errors import CharRNNError
-from charrnn.sample import SampleConfig, Streamer, generate, make_generator
-from charrnn.train import EVAL_CHUNK, evaluate
 
-D = SampleConfig()
+# What each mode does not use: giving one of these flags with it is an error, not silently ignored.
+NOT_WITH = {
+    "info": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples", "output",
+             "skip_unknown", "score", "interactive", "export_web"},
+    "score": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples", "output",
+              "interactive", "export_web"},
+    "export_web": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples",
+                   "output", "interactive", "skip_unknown"},
+    "interactive": {"num_samples", "output"},
+}
+NEEDS = {"format": "output", "encoding": "score", "export_dtype": "export_web"}
 
 
 def build_parser() -> flags.Parser:
-    p = flags.Parser(description="Sample text from a charrnn checkpoint, score a text under it, or "
-                     "open an interactive prompt.")
-    p.add_argument("--checkpoint", help="a .pt file, or a run directory (its best.pt). Default: the run "
+    p = flags.Parser(description="Sample text from a charrnn checkpoint, score a text under it, open an "
+                     "interactive prompt, or export it as a web page.")
+    p.add_argument("--checkpoint", help="a .pt file, or a run folder (its best.pt). Default: the run "
                    "under checkpoints/ written most recently")
-    p.add_argument("--prime", default="", help="text that starts the output and warms up the model's state")
-    p.add_argument("--length", type=flags.positive_int, default=D.length,
-                   help=f"characters to generate (default {D.length})")
-    p.add_argument("--temperature", type=flags.nonnegative_float, default=D.temperature,
-                   help=f"sharpness of sampling: lower is safer, higher is wilder, 0 is greedy "
-                   f"(default {D.temperature})")
-    p.add_argument("--top-k", type=flags.positive_int, help="draw only from the K likeliest characters")
-    p.add_argument("--top-p", type=flags.probability, help="draw only from the likeliest characters whose "
-                   "probabilities add up to P (nucleus sampling)")
-    p.add_argument("--seed", type=flags.seed, help="random seed: the same seed gives the same text")
-    p.add_argument("--stop", help="stop a sample once it has produced this string")
-    p.add_argument("--num-samples", type=flags.positive_int, default=1,
+    p.add_argument("--prime", help="text that starts the output and warms up the model's state (with "
+                   "--interactive: the start of the prompt's text)")
+    flags.add_options(p, SampleConfig, ["length", "temperature", "top_k", "top_p", "stop", "seed"])
+    p.add_argument("--num-samples", type=flags.checked(int, POSITIVE_INT),
                    help="generate this many samples together, as one batch (default 1)")
-    p.add_argument("--skip-unknown", action="store_true",
+    p.add_argument("--skip-unknown", action="store_true", default=None,
                    help="drop prime characters the model has never seen instead of stopping with an error")
-    p.add_argument("--interactive", action="store_true", help="open a prompt: each line you type is "
-                   "continued by the model (:help lists its commands)")
-    p.add_argument("--info", action="store_true", help="print the checkpoint's summary and exit")
-    p.add_argument("--score", metavar="FILE", help="print the loss of FILE under the model in nats and bits "
-                   "per character (the whole file as one stream, state carried) and exit")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="cpu",
-                   help="where to run (default cpu: fastest for one character at a time)")
-    p.add_argument("--threads", type=flags.threads, help="CPU threads (default: all cores)")
+    p.add_argument("--output", metavar="FILE", help="write the samples to FILE instead of the terminal: one "
+                   "after another, or JSON lines with --format jsonl")
+    p.add_argument("--format", choices=["text", "jsonl"], help="for --output: text (default), or one JSON "
+                   "object per sample with its settings and seed")
+    g = p.add_argument_group("other modes")
+    g.add_argument("--interactive", action="store_true", default=None, help="open a prompt: each line you "
+                   "type is continued by the model (:help lists its commands)")
+    g.add_argument("--info", action="store_true", default=None, help="print the checkpoint's summary and exit")
+    g.add_argument("--score", metavar="FILE", help="print the loss of the text file FILE under the model in "
+                   "nats and bits per character (the whole file as one stream, state carried) and exit")
+    g.add_argument("--encoding", help="the encoding of the --score file (default: the training corpus's)")
+    g.add_argument("--export-web", metavar="DIR", help="write a web page that runs the model in the "
+                   "browser (DIR/index.html, works offline from disk) and exit")
+    g.add_argument("--export-dtype", choices=["float32", "float16"], help="weights of the web page: "
+                   "float32 (default) or float16, half the size")
+    g = p.add_argument_group("where")
+    g.add_argument("--device", choices=DEVICES, help="where to run (default cpu: fastest for one "
+                   "character at a time)")
+    g.add_argument("--threads", type=flags.checked(int, THREADS), help="CPU threads (default: all cores)")
     return p
 
 
-def describe(path, ckpt: dict, num_parameters: int) -> str:
-    cfg, progress = ckpt["model_config"], ckpt["progress"]
-    return (f"checkpoint {path}\n"
-            f"corpus {ckpt['corpus']['name']} ({ckpt['corpus']['length']:,} chars), "
-            f"vocabulary {len(ckpt['vocab'])}\n"
-            f"model {cfg['model']} {cfg['num_layers']}x{cfg['rnn_size']}, {num_parameters:,} parameters\n"
-            f"trained {progress['step']:,} steps ({progress['elapsed'] / 60:.1f} min), "
-            f"best validation loss {progress['best_val_loss']:.4f} nats/char "
-            f"({progress['best_val_loss'] / math.log(2):.3f} bits)")
-
-
-def score(model, vocab, path: str, skip_unknown: bool, device: torch.device) -> str:
-    if not Path(path).exists():  # not a corpus name: --score reads the file it is given
-        raise CharRNNError(f"--score file {path} does not exist")
-    source = corpus.resolve(path)
-    points = np.concatenate([np.zeros(0, vocab.index_dtype)]  # an empty file yields no chunk at all
-                            + [vocab.encode_points(corpus.code_points(text), skip_unknown)
-                               for text in corpus.read_chunks(source)])
-    if len(points) < 2:
-        raise CharRNNError(f"{path} has fewer than 2 known characters; nothing to score")
-    loss = evaluate(model, points, EVAL_CHUNK, device, streams=1)
-    return f"{path}: {loss:.4f} nats/char, {loss / math.log(2):.4f} bits/char over {len(points) - 1:,} characters"
-
-
 def main() -> int:
-    args = build_parser().parse_args()
+    args = flags.given(build_parser().parse_args())
+    modes = [m for m in NOT_WITH if m in args]
+    for mode in modes:
+        clash = sorted(NOT_WITH[mode] & args.keys())
+        if clash:
+            raise CharRNNError(f"--{clash[0].replace('_', '-')} does not apply to --{mode.replace('_', '-')}; "
+                               "drop one of them")
+    for name, needed in NEEDS.items():
+        if name in args and needed not in args:
+            raise CharRNNError(f"--{name.replace('_', '-')} goes with --{needed.replace('_', '-')}; "
+                               f"add --{needed.replace('_', '-')} or drop it")
+    sample = SampleConfig(**{k: args[k] for k in ("length", "temperature", "top_k", "top_p", "stop", "seed")
+                             if k in args})  # checked before torch is imported
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop output at once, like Ctrl-C
-    set_threads(args.threads)
-    device = pick_device(args.device)
-    path = checkpoint.resolve(args.checkpoint)
-    if args.checkpoint is None:
-        print(f"using {path}", file=sys.stderr)
-    ckpt = checkpoint.load(path)
-    model, vocab = checkpoint.build_model(ckpt, device)
-    if args.info:
-        print(describe(path, ckpt, model.num_parameters()))
-        return 0
-    if args.score:
-        print(score(model, vocab, args.score, args.skip_unknown, device))
-        return 0
-    config = SampleConfig(args.length, args.temperature, args.top_k, args.top_p, args.stop)
-    vocab.encode(args.prime, args.skip_unknown)  # an unknown character stops us before any output
-    if args.interactive:
-        session = interactive.Session(model, vocab, config, args.seed, describe(path, ckpt, model.num_parameters()),
-                                      sys.stdout, args.skip_unknown)
+    import charrnn
+    from charrnn.device import set_threads
+
+    set_threads(args.get("threads"))
+    model = charrnn.load(args.get("checkpoint"), args.get("device", "cpu"))
+    if "checkpoint" not in args:
+        print(f"using {model.path}", file=sys.stderr)
+    if "info" in args:
+        print(model.describe())
+    elif "score" in args:
+        score = model.score_file(args["score"], args.get("encoding"), bool(args.get("skip_unknown")))
+        print(f"{args['score']}: {score.nats:.4f} nats/char, {score.bits:.4f} bits/char over {score.chars:,} characters")
+    elif "export_web" in args:
+        index = model.export_web(args["export_web"], args.get("export_dtype", "float32"))
+        print(f"wrote {index}; open it in a browser (it works offline, from disk)")
+    elif "interactive" in args:
+        from charrnn import interactive
+
+        session = interactive.Session(model.net, model.vocab, sample, model.describe(), sys.stdout,
+                                      bool(args.get("skip_unknown")), args.get("prime", ""))
         interactive.run(session)
-        return 0
-    generator = make_generator(args.seed)
-    if args.num_samples == 1:
-        sys.stdout.write(args.prime)
-        generate(model, vocab, config, args.prime, generator=generator, on_text=Streamer(sys.stdout),
-                 skip_unknown=args.skip_unknown)
-        print()
-        return 0
-    texts, _ = generate(model, vocab, config, args.prime, num_samples=args.num_samples,
-                        generator=generator, skip_unknown=args.skip_unknown)
-    for i, text in enumerate(texts, 1):
-        print(f"--- sample {i} ---\n{args.prime}{text}")
+    else:
+        write_samples(model, sample, args)
     return 0
+
+
+def write_samples(model, sample: SampleConfig, args: dict) -> None:
+    """Stream one sample to the terminal, print several, or write them to --output."""
+    import numpy as np
+
+    from charrnn.files import write_text
+    from charrnn.sample import Streamer, generate
+
+    prime, skip = args.get("prime", ""), bool(args.get("skip_unknown"))
+    shown = model.seen_prime(prime, skip)  # what the model reads: checked before any output
+    n = args.get("num_samples", 1)
+    if "output" in args:  # a seed for every file, so that each sample can be made again
+        sample = SampleConfig(**{**sample.__dict__, "seed": sample.seed if sample.seed is not None
+                                 else int(np.random.SeedSequence().entropy % 2**63)})
+    if n == 1 and "output" not in args:
+        sys.stdout.write(shown)
+        generate(model.net, model.vocab, sample, prime, on_text=Streamer(sys.stdout), skip_unknown=skip)
+        print()
+        return
+    texts, _ = generate(model.net, model.vocab, sample, prime, num_samples=n, skip_unknown=skip)
+    if "output" not in args:
+        for i, text in enumerate(texts, 1):
+            print(f"--- sample {i} ---\n{shown}{text}")
+    elif args.get("format") == "jsonl":
+        rows = [{"sample": i, "text": shown + t, **sample.__dict__, "prime": shown,
+                 "checkpoint": str(model.path)} for i, t in enumerate(texts)]
+        write_text(Path(args["output"]), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    else:
+        write_text(Path(args["output"]), "".join(shown + t + "\n" for t in texts))
+    if "output" in args:
+        print(f"wrote {n} sample{'s' * (n > 1)} to {args['output']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

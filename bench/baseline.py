@@ -2,7 +2,7 @@
 
 What a user would write from the PyTorch docs: embedding, nn.LSTM, linear head, cross-entropy,
 Adam at a constant learning rate, random windows (no state carried), fp32, nothing else. It
-reports validation loss the same way charrnn does (charrnn.train.evaluate: the whole split, 8
+reports validation loss the same way charrnn does (charrnn.evaluate.evaluate: the whole split, 8
 streams, state carried), at each of --marks (training time; the clock stops while it evaluates).
 Example:
 
@@ -12,21 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from charrnn import corpus, data, flags  # noqa: E402
-from charrnn.train import EVAL_CHUNK, evaluate  # noqa: E402
-
-SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+from charrnn import corpus, data
+from charrnn.config import parse_duration
+from charrnn.evaluate import evaluate
+from common import SHAKESPEARE
 
 
 class PlainLSTM(nn.Module):
@@ -68,7 +64,7 @@ class PlainLoop:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default=str(SHAKESPEARE))
-    p.add_argument("--time-budget", type=flags.duration, default=90.0)
+    p.add_argument("--time-budget", type=parse_duration, default=90.0)
     p.add_argument("--marks", default="", help="also evaluate at these training times, e.g. 1m,3m,5m")
     p.add_argument("--rnn-size", type=int, default=256)
     p.add_argument("--num-layers", type=int, default=2)
@@ -83,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = parser().parse_args()
-    marks = sorted({flags.duration(m) for m in args.marks.split(",") if m} | {args.time_budget})
+    marks = sorted({parse_duration(m) for m in args.marks.split(",") if m} | {args.time_budget})
     text = corpus.load(corpus.resolve(args.corpus))
     train, val, _ = data.split(text.tokens, 0.1)
     loop = PlainLoop(train, len(text.vocab), args)
@@ -95,7 +91,7 @@ def main() -> None:
             steps += 1
         trained += time.perf_counter() - start
         curve.append({"elapsed": round(trained, 1), "step": steps,
-                      "val_loss": round(evaluate(loop.model, val, EVAL_CHUNK, torch.device("cpu")), 4)})
+                      "val_loss": round(evaluate(loop.model, val), 4)})
         print(f"baseline: step {steps} at {trained:.0f} s: val {curve[-1]['val_loss']:.4f} nats/char", flush=True)
     cps = steps * args.batch_size * args.seq_length / trained
     print(f"baseline: {steps} steps in {trained:.0f} s, {cps:,.0f} chars/s")

@@ -25,9 +25,9 @@ for tensor, with an uninterrupted run to the same step (the learning rate is hel
 changing --max-steps on resume does not change the schedule).
 
 To know how many steps a killed process had finished, the trainer runs as
-`python bench/kill_loop.py --child PROBE -- ARGS`: that is train.py's own `__main__` (run with
-runpy, argv ARGS) with one read-only hook that appends the step to PROBE after every step. The
-final resume and the reference run are plain `python train.py`.
+`python bench/kill_loop.py --child PROBE -- ARGS`: train.py's own flags (ARGS), trained by the
+library with one per-step callback that appends the step to PROBE. The final resume and the
+reference run are plain `python train.py`.
 
 Prints a table, a summary and one final JSON line; exits 1 on any failure.
 """
@@ -49,7 +49,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("startup", "after-save", "mid-write")
-TEMP_FILE = re.compile(r"^\.(last|best)\.pt\..*\.tmp$")  # what charrnn.checkpoint.save writes first
 # Tiny and fast; --min-lr-frac 1 holds the learning rate constant after warm-up, so the final
 # resume may change --max-steps without changing the trajectory (see the exact check).
 TRAIN_FLAGS = ["--model", "lstm", "--rnn-size", "16", "--num-layers", "1", "--embedding-size", "8",
@@ -105,21 +104,24 @@ def child_command(probe: Path, train_args: list[str]) -> list[str]:
 
 
 def child_main(probe: str, train_args: list[str]) -> None:
-    """Run train.py's __main__ with a hook that appends the step to `probe` after every step."""
+    """Train as train.py would from `train_args`, appending the step to `probe` after every step."""
     sys.path.insert(0, str(REPO))
-    from charrnn import train as train_module
-    step_once = train_module.Trainer.train_step
+    import train as cli
+    from charrnn import flags, launch
+    from charrnn.config import TrainConfig
+
     fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    options = flags.given(cli.build_parser().parse_args(train_args))
+    resume = options.pop("resume", None)
 
-    def probed(self):
-        loss = step_once(self)
-        os.write(fd, f"{self.step}\n".encode())  # one small append: the step is finished
-        return loss
+    def after_step(trainer) -> None:
+        os.write(fd, f"{trainer.step}\n".encode())  # one small append: the step is finished
 
-    train_module.Trainer.train_step = probed
-    sys.argv = [str(REPO / "train.py"), *train_args]
-    import runpy
-    runpy.run_path(str(REPO / "train.py"), run_name="__main__")
+    def run() -> int:
+        launch.train(TrainConfig.from_options(**options), resume=resume, overrides=options, callbacks=[after_step])
+        return 0
+
+    flags.run_main(run)
 
 
 # -- watching a run ------------------------------------------------------------------------------
@@ -133,10 +135,9 @@ def file_signature(path: Path) -> tuple[int, int] | None:
 
 
 def temp_files(directory: Path) -> set[str]:
-    try:
-        return {name for name in os.listdir(directory) if TEMP_FILE.match(name)}
-    except FileNotFoundError:
-        return set()
+    """Unfinished checkpoint writes: charrnn.files.atomic_write's temporaries of best.pt and last.pt."""
+    from charrnn.files import temporaries
+    return {p.name for p in temporaries(directory) if p.name.startswith((".last.pt.", ".best.pt."))}
 
 
 def _size(path: Path) -> int:

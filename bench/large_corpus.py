@@ -21,15 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+from charrnn.corpus import stdlib_files
+from common import REPO, SHAKESPEARE
 
 
 def source_lines() -> list[str]:
     if SHAKESPEARE.exists():
         return SHAKESPEARE.read_text(encoding="utf-8").splitlines(keepends=True)
-    sys.path.insert(0, str(REPO))
-    from charrnn.corpus import stdlib_files
     return [line for f in stdlib_files() for line in f.read_text(encoding="utf-8").splitlines(keepends=True)]
 
 

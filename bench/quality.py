@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+from common import REPO, SHAKESPEARE
 
 
 def run_child(cmd: list[str]) -> tuple[str, float]:
@@ -62,6 +61,7 @@ def main() -> None:
         out, rss = run_child([sys.executable, str(REPO / "train.py"), "--corpus", str(SHAKESPEARE),
                               "--time-budget", budget, "--checkpoint-dir", tmp, *shlex.split(args.charrnn_args)])
         rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        rows = [row for row in rows if "val_loss" in row]  # evaluations, not the training-loss log
         last = rows[-1]
         results["charrnn"] = {"curve": at_marks(rows, marks), "steps": last["step"], "peak_rss_mb": round(rss),
                               "chars_per_sec": round(statistics.mean(r["chars_per_sec"] for r in rows if r["chars_per_sec"])),

@@ -14,20 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-from baseline import SHAKESPEARE, PlainLoop, parser as baseline_parser  # noqa: E402
-from charrnn import corpus, data  # noqa: E402
-from charrnn.device import cpu_has_bf16  # noqa: E402
-from charrnn.train import Trainer, TrainConfig  # noqa: E402
+from baseline import PlainLoop, parser as baseline_parser
+from charrnn.config import TrainConfig
+from charrnn.device import cpu_has_bf16
+from common import trainer_from_parts
 
 SIZES = [(2, 128), (2, 256), (2, 512), (3, 256)]  # (layers, width)
 
@@ -55,18 +49,17 @@ def chars_per_sec(step, chars_per_step: int, steps: int) -> float:
     return steps * chars_per_step / (time.perf_counter() - start)
 
 
-def measure(layers: int, width: int, bf16: bool, args, tmp: str) -> dict:
+def measure(layers: int, width: int, bf16: bool, args) -> dict:
     base_args = baseline_parser().parse_args(["--rnn-size", str(width), "--num-layers", str(layers)]
                                              + (["--bf16"] if bf16 else []))
     # the same work on both sides: the plain loop's batch shape, no dropout
-    config = TrainConfig(corpus=str(SHAKESPEARE), rnn_size=width, num_layers=layers, checkpoint_dir=tmp,
-                         seq_length=base_args.seq_length, batch_size=base_args.batch_size, dropout=0.0,
-                         dtype="bfloat16" if bf16 else "float32", threads=torch.get_num_threads())
-    text = corpus.load(corpus.resolve(str(SHAKESPEARE)))
-    plain = PlainLoop(data.split(text.tokens, 0.1)[0], len(text.vocab), base_args)
+    config = TrainConfig.from_options(rnn_size=width, num_layers=layers, seq_length=base_args.seq_length,
+                                      batch_size=base_args.batch_size, dropout=0.0)
+    trainer = trainer_from_parts(config)  # random text: a step costs the same whatever the characters
+    trainer.amp = torch.bfloat16 if bf16 else None
+    plain = PlainLoop(trainer.batches.tokens, len(trainer.vocab), base_args)
     for _ in range(args.warmup):  # the plain loop first: where bf16 fails, it fails here, saying why
         plain.step()
-    trainer = Trainer(config)
     for _ in range(args.warmup):
         trainer.train_step()
     chars = config.batch_size * config.seq_length
@@ -88,8 +81,6 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument("--sizes", default=",".join(f"{l}x{w}" for l, w in SIZES), help="layers x width, comma-separated")
     args = p.parse_args()
-    if not SHAKESPEARE.exists():
-        sys.exit(f"the benchmark corpus {SHAKESPEARE} is missing")
     # without bf16 instructions a bf16 product is emulated, about 100x slower: measure a small one
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, 2048 if cpu_has_bf16() else 512, 2)}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability "
@@ -105,11 +96,10 @@ def main() -> None:
                 print(f"| {size} | bf16 | not run: this CPU has no bf16 instructions (AVX512-BF16 or AMX) | | | | |")
                 rows.append({"size": size, "dtype": "bf16", "error": "no bf16 instructions"})
                 continue
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    row = measure(layers, width, bf16, args, tmp)
-                except Exception as e:  # bf16 is refused or unsupported where the CPU lacks it
-                    row = {"size": size, "dtype": "bf16" if bf16 else "fp32", "error": str(e).splitlines()[0][:150]}
+            try:
+                row = measure(layers, width, bf16, args)
+            except Exception as e:  # bf16 is refused or unsupported where the CPU lacks it
+                row = {"size": size, "dtype": "bf16" if bf16 else "fp32", "error": str(e).splitlines()[0][:150]}
             rows.append(row)
             if "error" in row:
                 print(f"| {size} | {row['dtype']} | not run: {row['error']} | | | | |", flush=True)

@@ -6,71 +6,27 @@ exactly (optimizer, step, data position, carried state, RNG states). It is loade
 """
 from __future__ import annotations
 
-import os
 import pickle
 import stat
-import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
+from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
-from charrnn.model import GATES, CharRNN, ModelConfig
+from charrnn.files import atomic_write, checkpoints_dir
+from charrnn.model import CharRNN, weight_shapes
 from charrnn.vocab import Vocab
 
 FORMAT = "charrnn"
 VERSION = 1
-CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write through `write` to a temporary file beside `path`, fsync, then rename over `path`.
-
-    A crash at any instant leaves either the old file or the new one, never a torn one; a failure
-    (a full disk, say) is a one-line CharRNNError and leaves the old file as it was.
-    """
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; these files are meant to be shared
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CharRNNError(f"could not write {path}: {e.strerror or e}; free some space or "
-                               "choose another folder (--checkpoint-dir)") from None
-        raise
 
 
 def save(payload: dict, path: Path) -> None:
     """Save a checkpoint atomically, stamped with the format and version."""
     atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **payload}, f))
-
-
-def remove_stale_temporaries(directory: Path) -> None:
-    """Delete what writes cut short by a kill left behind (their targets are intact)."""
-    for tmp in directory.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
@@ -90,8 +46,8 @@ def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
                                "use another checkpoint, e.g. best.pt or last.pt") from None
         raise CharRNNError(f"checkpoint {path} holds objects that are not plain data (code?); "
                            "refused to load it") from None
-    except Exception as e:  # torch's readers fail in many ways on damaged bytes; none runs code
-        raise CharRNNError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); "
+    except Exception:  # torch's readers fail in many ways on damaged bytes; none runs code
+        raise CharRNNError(f"checkpoint {path} is corrupt or truncated; "
                            "use another checkpoint, e.g. best.pt or last.pt") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CharRNNError(f"{path} is not a charrnn checkpoint; give one written by python train.py")
@@ -104,7 +60,7 @@ def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
 def resolve(spec: str | Path | None, prefer: str = "best.pt") -> Path:
     """A .pt file, a directory (its `prefer` file), or None: the run under checkpoints/ written last."""
     if spec is None:
-        found = sorted(CHECKPOINTS_DIR.glob("**/*.pt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(checkpoints_dir().glob("**/*.pt"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise CharRNNError("no checkpoint found under checkpoints/; run python train.py first")
         spec = found[-1].parent
@@ -136,9 +92,6 @@ def _check_sizes(config: ModelConfig, weights: dict) -> None:
 
     (Checked by hand: building the model on the meta device first costs 2 s of lazy imports.)
     """
-    v, e, h = config.vocab_size, config.embedding_size, config.rnn_size
-    expected = {"embed.weight": (v, e), "head.weight": (v, h),
-                **{f"rnn.weight_hh_l{k}": (GATES[config.model] * h, h) for k in range(config.num_layers)}}
-    for name, shape in expected.items():
+    for name, shape in weight_shapes(config).items():
         if tuple(weights[name].shape) != shape:
             raise RuntimeError("its weights do not match its model config")

@@ -25,13 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.checkpoint import atomic_write
 from charrnn.errors import CharRNNError
+from charrnn.files import atomic_write, cache_dir, corpora_dir
 from charrnn.vocab import Vocab, code_points
 
-CORPORA_DIR = Path(__file__).resolve().parent.parent / "corpora"
 DEFAULT_CORPUS = "stdlib"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: byte-order marks are dropped, UTF-16/32 files with one are read as such
+# A byte-order mark says how a file is encoded; read_chunks trusts it over a Unicode --encoding.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 CHUNK_BYTES = 1 << 22  # 4 MiB of text at a time keeps memory flat whatever the corpus size
 
 
@@ -68,35 +70,41 @@ def stdlib_files() -> tuple[Path, ...]:
     return tuple(sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")))
 
 
-def resolve(spec: str | None, encoding: str = "utf-8") -> Source:
-    """Turn a --corpus value (path, directory, name or None) into a Source."""
+def check_encoding(encoding: str) -> str:
+    """The encoding, if Python has a text codec of that name."""
     try:
         "".encode(encoding)  # unlike codecs.lookup, rejects bytes-to-bytes codecs such as hex or zlib
     except LookupError:
         raise CharRNNError(f"unknown --encoding {encoding!r}; try utf-8, latin-1 or utf-16") from None
+    return encoding
+
+
+def resolve(spec: str | None, encoding: str = "utf-8") -> Source:
+    """Turn a --corpus value (path, directory, name or None) into a Source."""
+    check_encoding(encoding)
     if spec is not None and not spec.strip():
         raise CharRNNError("--corpus is empty; give a text file, a directory or a corpus name")
     if spec is None or spec == DEFAULT_CORPUS:
         return Source(DEFAULT_CORPUS, stdlib_files(), encoding)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return Source(path.resolve().name, _text_files_below(path), encoding)
+        return Source(path.resolve().name, _text_files_below(path, encoding), encoding)
     if path.exists():
         if not stat.S_ISREG(path.stat().st_mode):
             raise CharRNNError(f"corpus {spec} is not a regular file (a FIFO or device?); give a text file")
         return Source(path.stem, (path,), encoding)
     if re.fullmatch(r"[\w.-]+", spec):
-        named = CORPORA_DIR / f"{spec}.txt"
+        named = corpora_dir() / f"{spec}.txt"
         if not named.exists() and spec in DOWNLOADS:
             download(DOWNLOADS[spec], named)
         if named.exists():
             return Source(spec, (named,), encoding)
-    known = ", ".join(sorted({*DOWNLOADS, *(p.stem for p in CORPORA_DIR.glob("*.txt"))}))
+    known = ", ".join(sorted({*DOWNLOADS, *(p.stem for p in corpora_dir().glob("*.txt"))}))
     raise CharRNNError(f"corpus {spec!r} not found: give a text file, a directory, or a name of "
                        f"corpora/NAME.txt (known: {known})")
 
 
-def _text_files_below(root: Path) -> tuple[Path, ...]:
+def _text_files_below(root: Path, encoding: str) -> tuple[Path, ...]:
     """Every non-hidden, non-empty, non-binary regular file below root, in sorted order."""
     files = []
     for path in sorted(root.rglob("*")):
@@ -104,11 +112,29 @@ def _text_files_below(root: Path) -> tuple[Path, ...]:
             continue
         with open(path, "rb") as f:
             head = f.read(8192)
-        if head and b"\0" not in head:  # empty and binary files are skipped, as documented
+        if head and _nul_offset(head, file_encoding(head, encoding)) is None:  # skipped, as documented
             files.append(path)
     if not files:
-        raise CharRNNError(f"directory {root} has no text files; put .txt files in it")
+        raise CharRNNError(f"directory {root} has no text files (empty, binary and hidden files are "
+                           "skipped); add some text files to it")
     return tuple(files)
+
+
+def file_encoding(head: bytes, encoding: str) -> str:
+    """The encoding to read a file with: a Unicode encoding gives way to the file's byte-order mark."""
+    if codecs.lookup(encoding).name.startswith(("utf-8", "utf-16", "utf-32")):
+        for bom, name in BOMS:
+            if head.startswith(bom):
+                return name
+    return encoding
+
+
+def _nul_offset(head: bytes, encoding: str) -> int | None:
+    """Where a NUL byte marks the file as binary (UTF-16 and UTF-32 text is full of them: never)."""
+    if codecs.lookup(encoding).name.startswith(("utf-16", "utf-32")):
+        return None
+    at = head.find(b"\0")
+    return None if at < 0 else at
 
 
 def download(item: Download, dest: Path) -> None:
@@ -130,46 +156,55 @@ def download(item: Download, dest: Path) -> None:
 
 
 def read_chunks(source: Source) -> Iterator[str]:
-    """Decoded text of every file, a few MiB at a time; a decode error or NUL byte says where."""
+    """Decoded text of every file, a few MiB at a time; a binary file or a decode error says where."""
     for path in source.files:
-        decoder = codecs.getincrementaldecoder(source.encoding)()
-        offset = 0
         try:
             f = open(path, "rb")
         except OSError as e:
             raise CharRNNError(f"cannot read corpus file {path}: {e.strerror}") from None
         with f:
-            while True:
-                raw = f.read(CHUNK_BYTES)
-                start = offset - len(decoder.getstate()[0])  # file offset of the bytes decoded next
-                try:
-                    text = decoder.decode(raw, final=not raw)
-                except UnicodeDecodeError as e:
-                    raise CharRNNError(f"{path} is not valid {source.encoding} (byte offset {start + e.start}); "
-                                       "pass --encoding (e.g. --encoding latin-1) or fix the file") from None
-                if "\0" in text:
-                    at = start + len(text[:text.index("\0")].encode(source.encoding))
-                    raise CharRNNError(f"{path} looks binary (NUL byte at offset {at}); give a text file")
-                offset += len(raw)
-                if text:
-                    yield text
-                if not raw:
-                    break
+            raw = f.read(CHUNK_BYTES)
+            encoding = file_encoding(raw, source.encoding)
+            at = _nul_offset(raw, encoding)  # binary before encoding: no --encoding makes it text
+            if at is not None:
+                raise CharRNNError(f"{path} looks binary (NUL byte at offset {at}); give a text file")
+            yield from _decode(f, raw, path, encoding)
 
 
-def load(source: Source, cache_dir: Path | None = None) -> Corpus:
+def _decode(f, raw: bytes, path: Path, encoding: str) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    while True:
+        start = offset - len(decoder.getstate()[0])  # file offset of the bytes decoded next
+        try:
+            text = decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as e:
+            raise CharRNNError(f"{path} is not valid {encoding} (byte offset {start + e.start}); "
+                               "pass --encoding (e.g. --encoding latin-1) or fix the file") from None
+        if "\0" in text:
+            at = start + len(text[:text.index("\0")].encode(encoding))
+            raise CharRNNError(f"{path} looks binary (NUL byte at offset {at}); give a text file")
+        offset += len(raw)
+        if text:
+            yield text
+        if not raw:
+            break
+        raw = f.read(CHUNK_BYTES)
+
+
+def load(source: Source) -> Corpus:
     """Encode a source (or reuse its cache) and return it memory-mapped."""
-    cache_dir = cache_dir or Path(os.environ.get("CHARRNN_CACHE_DIR", CORPORA_DIR / ".cache"))
+    folder = cache_dir()
     key = _cache_key(source)
-    meta_path, tokens_path = cache_dir / f"{key}.json", cache_dir / f"{key}.tokens"
+    meta_path, tokens_path = folder / f"{key}.json", folder / f"{key}.tokens"
     if not meta_path.exists():
         start = time.perf_counter()
         try:
             _build_cache(source, meta_path, tokens_path)
         except OSError as e:
-            raise CharRNNError(f"cannot write the corpus cache in {cache_dir} ({e.strerror or e}); "
+            raise CharRNNError(f"cannot write the corpus cache in {folder} ({e.strerror or e}); "
                                "free some space or set CHARRNN_CACHE_DIR to a writable folder") from None
-        print(f"encoded {source.name} in {time.perf_counter() - start:.1f}s (cached in {cache_dir})",
+        print(f"encoded {source.name} in {time.perf_counter() - start:.1f}s (cached in {folder})",
               file=sys.stderr)
     meta = json.loads(meta_path.read_text())
     vocab = Vocab(meta["chars"])
@@ -196,7 +231,8 @@ def _build_cache(source: Source, meta_path: Path, tokens_path: Path) -> None:
         points = np.union1d(points, np.unique(chunk))
         length += len(chunk)
     if length == 0:
-        raise CharRNNError(f"corpus {source.name} is empty; give a file with some text")
+        what = f"file {source.files[0]}" if len(source.files) == 1 else f"{source.name}"
+        raise CharRNNError(f"corpus {what} holds no text; give a file with some text")
     vocab = Vocab.from_code_points(points)
     meta_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = tokens_path.with_name(f".{tokens_path.name}.{os.getpid()}")

@@ -69,10 +69,16 @@ class StreamBatches:
         return x, y, new_stream
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        """Continue where a saved position left off; saved with another number of rows (another
+        number of processes), continue at the same fraction of the epoch."""
+        self.epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
+        saved_steps = int(state.get("steps_per_epoch", self.steps_per_epoch))
+        if saved_steps != self.steps_per_epoch:
+            step = step * self.steps_per_epoch // saved_steps
+        self.step_in_epoch = min(step, self.steps_per_epoch - 1)
 
 
 class RandomBatches:

@@ -44,13 +44,17 @@ def stop(world: World) -> None:
         dist.destroy_process_group()
 
 
-def any_rank(world: World, flags: list[bool], device: torch.device) -> list[bool]:
-    """Each flag true on every rank if it is true on any: so that all ranks stop at the same step."""
+def agree(world: World, bad: bool, stop: bool, elapsed: float, device: torch.device) -> tuple[bool, bool, float]:
+    """(any rank's loss went bad, any rank was asked to stop, rank 0's clock), in one all-reduce.
+
+    Every rank then stops at the same step and computes the same learning rate from the same clock.
+    """
     if not world.active:
-        return flags
-    t = torch.tensor([int(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(f) for f in t.tolist()]
+        return bad, stop, elapsed
+    t = torch.tensor([float(bad), float(stop), elapsed if world.is_main else 0.0], dtype=torch.float64,
+                     device=device)
+    dist.all_reduce(t)
+    return t[0].item() > 0, t[1].item() > 0, t[2].item()
 
 
 def sum_all(world: World, values: list[float], device: torch.device) -> list[float]:

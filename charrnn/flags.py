@@ -1,14 +1,14 @@
-"""Command-line plumbing shared by train.py and generate.py: checked flag types, one-line errors."""
+"""Command-line plumbing shared by train.py and generate.py: flags derived from the config
+dataclasses, checked as they are parsed, and one-line errors. No torch import: --help is instant."""
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from typing import Any
 
-import torch
-
+from charrnn import config as cfg
 from charrnn.errors import CharRNNError
 
 
@@ -19,39 +19,38 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _number(kind: type, low: float, high: float = math.inf, low_open: bool = False, what: str = ""):
+def checked(kind: type, check: cfg.Range | None = None, duration: bool = False) -> Callable[[str], Any]:
+    """An argparse type: convert the text, then apply the same range check as the config."""
     def parse(text: str):
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
-        if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
-            raise argparse.ArgumentTypeError(f"{text} is out of range; expected {what}")
+            value = cfg.parse_duration(text) if duration else kind(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(
+                str(e) if duration else f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if check is not None and value not in check:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; expected {check.words}")
         return value
-    parse.__name__ = what  # argparse names the type in some messages
+    parse.__name__ = check.words if check else kind.__name__  # argparse names the type in some messages
     return parse
 
 
-positive_int = _number(int, 1, 10**9, what="an integer >= 1")
-nonnegative_int = _number(int, 0, 10**9, what="an integer >= 0")
-positive_float = _number(float, 0, 1e6, low_open=True, what="a number > 0")
-nonnegative_float = _number(float, 0, 1e6, what="a number >= 0")
-fraction = _number(float, 0, 0.9, what="a fraction from 0 to 0.9")
-unit_interval = _number(float, 0, 1, what="a number from 0 to 1")
-probability = _number(float, 0, 1, low_open=True, what="a probability in (0, 1]")
-threads = _number(int, 1, 1024, what="an integer from 1 to 1024")
-seed = _number(int, 0, 2**63 - 1, what="an integer from 0 to 2**63-1")
+def add_options(parser: argparse._ActionsContainer, cls: type, names: Iterable[str]) -> None:
+    """Add the flags of `cls`'s fields `names`, typed, checked and with their defaults in the help.
+
+    Every flag defaults to None, so that only the flags a user gives override a config.
+    """
+    by_name = {f.name: f for f in fields(cls)}
+    for name in names:
+        f, meta = by_name[name], by_name[name].metadata
+        kind = cfg.value_type(f)
+        help_text = meta["help"] + (f" (default {f.default})" if f.default is not None else "")
+        parser.add_argument("--" + name.replace("_", "-"), help=help_text, choices=meta["choices"],
+                            type=None if kind is str else checked(kind, meta["check"], meta["duration"]))
 
 
-def duration(text: str) -> float:
-    """'90s', '10m', '1.5h' or plain seconds -> seconds, more than 0 and at most a year."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([smh]?)\s*", text.lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 10m or 1.5h")
-    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
-    if not 0 < seconds <= 366 * 86400:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; expected more than 0s and at most a year")
-    return seconds
+def given(args: argparse.Namespace) -> dict:
+    """The flags the user actually passed."""
+    return {k: v for k, v in vars(args).items() if v is not None}
 
 
 def run_main(main: Callable[[], int | None]) -> None:
@@ -59,20 +58,26 @@ def run_main(main: Callable[[], int | None]) -> None:
     try:
         sys.exit(main())
     except CharRNNError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except (MemoryError, torch.OutOfMemoryError) as e:
-        print(f"error: out of memory ({str(e).splitlines()[0][:80] if str(e) else 'MemoryError'}); use a smaller "
-              "--rnn-size, --batch-size or --num-samples", file=sys.stderr)
-        sys.exit(1)
-    except RuntimeError as e:
+        fail(str(e))
+    except MemoryError as e:
+        fail(f"out of memory ({str(e).splitlines()[0][:80] if str(e) else 'MemoryError'}); use a smaller "
+             "--rnn-size, --batch-size or --num-samples")
+    except RuntimeError as e:  # torch.OutOfMemoryError is one, and so are oneDNN's allocation failures
         if "can't allocate memory" not in str(e) and "out of memory" not in str(e):
             raise
-        print("error: out of memory; use a smaller --rnn-size, --batch-size or --num-samples", file=sys.stderr)
-        sys.exit(1)
+        fail("out of memory; use a smaller --rnn-size, --batch-size or --num-samples")
+    except UnicodeEncodeError as e:  # e.g. PYTHONIOENCODING=ascii and a Chinese prime
+        sys.stdout = open(sys.stdout.fileno(), "w", encoding="utf-8", errors="replace", closefd=False)  # so exit's flush can't fail again
+        fail(f"the output's encoding ({e.encoding}) cannot write {e.object[e.start:e.end]!r}; "
+             "set PYTHONIOENCODING=utf-8 or use a UTF-8 terminal")
     except KeyboardInterrupt:
         print(file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:  # e.g. `python generate.py | head`: the reader left, nothing to report
         sys.stderr.close()
         sys.exit(0)
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(1)

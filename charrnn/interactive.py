@@ -1,9 +1,11 @@
 """The interactive sampling prompt: type a beginning, watch the model continue it.
 
 Each line is fed to the model after what came before (`:reset` forgets it); an empty line
-continues the last output. Commands start with ':'. When stdin is not a terminal, lines are
-answered one by one with no prompt decoration, so the prompt can be scripted: each answer is one
-line, its backslashes, newlines and carriage returns written as \\\\, \\n and \\r.
+continues the last output. Commands start with ':'. When stdin is not a terminal, the prompt can
+be scripted: every input line gets exactly one output line, with no prompt decoration. Text gets
+its answer; a command gets `ok: ...` (:info and :help their text); a line that cannot be done gets
+`error: ...`. Backslashes, newlines and carriage returns in any output line are written as
+\\\\, \\n and \\r.
 """
 from __future__ import annotations
 
@@ -11,9 +13,13 @@ import sys
 from dataclasses import replace
 from typing import TextIO
 
+import numpy as np
+import torch
+
+from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, State
-from charrnn.sample import SampleConfig, Streamer, generate, make_generator
+from charrnn.model import CharRNN, NumpyStep, State
+from charrnn.sample import Streamer, generate
 from charrnn.vocab import Vocab
 
 HELP = """Type text and press Enter: the model continues it. An empty line continues the last output.
@@ -27,14 +33,27 @@ HELP = """Type text and press Enter: the model continues it. An empty line conti
 class Session:
     """The text so far (as a model state) and the sampling settings."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab, config: SampleConfig, seed: int | None,
-                 info: str, out: TextIO, skip_unknown: bool = False):
+    def __init__(self, model: CharRNN, vocab: Vocab, config: SampleConfig, info: str, out: TextIO,
+                 skip_unknown: bool = False, prime: str = ""):
         self.model, self.vocab, self.config, self.info, self.out = model, vocab, config, info, out
         self.skip_unknown = skip_unknown
-        self.generator = make_generator(seed)
+        self.generator = np.random.default_rng(config.seed)
+        self.step = NumpyStep(model)
         self.state: State | None = None
         self.pending = ""  # the last character shown but not yet fed to the model
-        self.one_line = False  # escape line breaks so that each answer is one line (for scripts)
+        self.one_line = False  # escape line breaks so that each output is one line (for scripts)
+        if prime:
+            self.feed(prime)
+
+    @torch.no_grad()
+    def feed(self, text: str) -> None:
+        """Make `text` the start of the text so far, without answering it (--prime)."""
+        seen = self.vocab.encode(text, self.skip_unknown)
+        if seen[:-1]:
+            self.model.eval()
+            device = next(self.model.parameters()).device
+            _, self.state = self.model(torch.tensor([seen[:-1]], device=device), self.state)
+        self.pending = self.vocab.chars[seen[-1]] if seen else self.pending
 
     def handle(self, line: str) -> bool:
         """Act on one input line; False means quit."""
@@ -46,7 +65,8 @@ class Session:
         on_text = (lambda text: stream(escape_line_breaks(text))) if self.one_line else stream
         try:
             texts, state = generate(self.model, self.vocab, self.config, prime, state=self.state,
-                                    generator=self.generator, on_text=on_text, skip_unknown=self.skip_unknown)
+                                    generator=self.generator, on_text=on_text, skip_unknown=self.skip_unknown,
+                                    step=self.step)
         except KeyboardInterrupt:  # stop this answer, keep the text from before it
             self.out.write("\n(stopped)\n")
             self.out.flush()
@@ -69,25 +89,27 @@ class Session:
                      f"top-p {c.top_p or 'off'}, length {c.length}")
         elif name == "reset":
             self.state, self.pending = None, ""
-            self.say("(state forgotten)")
-        elif name == "seed":
-            self.generator = make_generator(parse_number(int, name, arg))
+            self.say("ok: state forgotten")
         elif name in SETTINGS:
             field, kind, off = SETTINGS[name]
             value = parse_number(kind, name, arg)
             self.config = replace(self.config, **{field: None if value == off else value})
+            if field == "seed":
+                self.generator = np.random.default_rng(value)
+            value = getattr(self.config, field)
+            self.say(f"ok: {field.replace('_', '-')} {'off' if value is None else value}")
         else:
             raise CharRNNError(f"unknown command :{name}; type :help for the list")
         return True
 
     def say(self, text: str) -> None:
-        self.out.write(text + "\n")
+        self.out.write((escape_line_breaks(text) if self.one_line else text) + "\n")
         self.out.flush()
 
 
 # command -> (SampleConfig field, type, the value that switches the filter off)
 SETTINGS = {"temp": ("temperature", float, None), "topk": ("top_k", int, 0),
-            "topp": ("top_p", float, 1.0), "len": ("length", int, None)}
+            "topp": ("top_p", float, 1.0), "len": ("length", int, None), "seed": ("seed", int, None)}
 
 
 def escape_line_breaks(text: str) -> str:

@@ -5,16 +5,17 @@ batches differed, and whether every rank's weights were identical after every st
 """
 import json
 import sys
-from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
-from charrnn.train import TrainConfig, Trainer
+from charrnn.config import TrainConfig
+from charrnn.distributed import world_from_env
+from charrnn.launch import build
 
-config = TrainConfig(**json.loads(sys.argv[1]))
+config = TrainConfig.from_dict(json.loads(sys.argv[1]))
 out_path, steps = sys.argv[2], int(sys.argv[3])
-trainer = Trainer(replace(config, checkpoint_dir=None))
+trainer = build(config, world_from_env())
 world = trainer.world
 
 position = trainer.batches.state_dict()

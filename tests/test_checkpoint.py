@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn import checkpoint
+from charrnn import checkpoint, files
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.vocab import Vocab
@@ -93,7 +93,7 @@ def test_real_disk_full_from_torch_save(tmp_path, monkeypatch):
         os.close(fd)
         return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode)
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", to_dev_full)
+    monkeypatch.setattr(files.os, "fdopen", to_dev_full)
     with pytest.raises(CharRNNError, match="space"):
         checkpoint.save(payload(1), path)
     assert path.read_bytes() == before
@@ -178,7 +178,7 @@ def test_resolve_file_and_directory(tmp_path):
 
 
 def test_resolve_none_takes_the_newest_run(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "CHECKPOINTS_DIR", tmp_path)
+    monkeypatch.setenv("CHARRNN_CHECKPOINTS_DIR", str(tmp_path))
     with pytest.raises(CharRNNError, match="no checkpoint"):
         checkpoint.resolve(None)
     for i, run in enumerate(["old", "new", "older"]):

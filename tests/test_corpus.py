@@ -71,7 +71,7 @@ def test_resolve_directory_without_text_files(tmp_path):
 
 
 def test_resolve_name_from_corpora_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "CORPORA_DIR", tmp_path)
+    monkeypatch.setenv("CHARRNN_CORPORA_DIR", str(tmp_path))
     (tmp_path / "poems.txt").write_text("roses are red\n")
     source = corpus.resolve("poems")
     assert source.name == "poems"
@@ -79,7 +79,7 @@ def test_resolve_name_from_corpora_dir(tmp_path, monkeypatch):
 
 
 def test_unknown_name_lists_known_corpora(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "CORPORA_DIR", tmp_path)
+    monkeypatch.setenv("CHARRNN_CORPORA_DIR", str(tmp_path))
     (tmp_path / "poems.txt").write_text("roses are red\n")
     with pytest.raises(CharRNNError, match=r"'nope' not found.*poems.*tinyshakespeare"):
         corpus.resolve("nope")
@@ -148,7 +148,7 @@ def http_server(tmp_path):
 @pytest.fixture
 def corpora_dir(tmp_path, monkeypatch):
     folder = tmp_path / "corpora"
-    monkeypatch.setattr(corpus, "CORPORA_DIR", folder)
+    monkeypatch.setenv("CHARRNN_CORPORA_DIR", str(folder))
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "*")
@@ -408,8 +408,10 @@ def test_tiny_chunks_give_the_same_cache_as_large_ones(tmp_path, monkeypatch):
     text = make_text(3000) + "漢字😀é\n"
     path = tmp_path / "t.txt"
     path.write_text(text, encoding="utf-8")
-    whole = corpus.load(corpus.resolve(str(path)), tmp_path / "cache-a")
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "cache-a"))
+    whole = corpus.load(corpus.resolve(str(path)))
     monkeypatch.setattr(corpus, "CHUNK_BYTES", 5)
-    chunked = corpus.load(corpus.resolve(str(path)), tmp_path / "cache-b")
+    monkeypatch.setenv("CHARRNN_CACHE_DIR", str(tmp_path / "cache-b"))
+    chunked = corpus.load(corpus.resolve(str(path)))
     assert chunked.vocab == whole.vocab
     assert np.array_equal(chunked.tokens, whole.tokens)

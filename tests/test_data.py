@@ -131,7 +131,7 @@ def test_stream_state_dict_resumes_exactly(stop):
 def test_stream_state_dict_is_plain_ints():
     batches = StreamBatches(positions(1001), 4, 10)
     take(batches, 3)
-    assert batches.state_dict() == {"epoch": 0, "step_in_epoch": 3}
+    assert batches.state_dict() == {"epoch": 0, "step_in_epoch": 3, "steps_per_epoch": 25}
 
 
 def test_stream_sharding_splits_the_global_batch():

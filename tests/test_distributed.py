@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from charrnn import checkpoint
-from charrnn.train import TrainConfig, Trainer
-from conftest import REPO, make_text
+from charrnn.config import TrainConfig
+from conftest import REPO, build_trainer, make_text
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 240
@@ -30,7 +30,7 @@ def corpus_file(tmp_path):
 
 
 def test_two_ranks_see_different_data_keep_identical_weights_and_match_one_process(tmp_path, corpus_file):
-    config = TrainConfig(corpus=str(corpus_file), rnn_size=24, embedding_size=8, seq_length=16, batch_size=4,
+    config = TrainConfig.from_options(corpus=str(corpus_file), rnn_size=24, embedding_size=8, seq_length=16, batch_size=4,
                          warmup_steps=2, max_steps=8, dropout=0.0, threads=1)
     out = tmp_path / "ddp.json"
     run = torchrun(str(REPO / "tests" / "ddp_worker.py"), json.dumps(asdict(config)), str(out), "8")
@@ -39,7 +39,7 @@ def test_two_ranks_see_different_data_keep_identical_weights_and_match_one_proce
     assert ddp["world"] == 2 and ddp["different_data"] and ddp["identical"]
 
     # One process with the same global batch (2 x 4 rows) takes the same steps.
-    single = Trainer(TrainConfig(**{**asdict(config), "batch_size": 8, "checkpoint_dir": str(tmp_path / "one")}))
+    single = build_trainer(config.with_options(batch_size=8, checkpoint_dir=str(tmp_path / "one")))
     losses = [single.train_step() for _ in range(8)]
     assert losses == pytest.approx(ddp["losses"], abs=1e-4)
     for name, value in single.model.state_dict().items():

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from charrnn.interactive import HELP, Session, run
-from charrnn.sample import SampleConfig, generate, make_generator
+import numpy as np
+
+from charrnn.config import SampleConfig
+from charrnn.sample import generate
 
 REPO = Path(__file__).resolve().parent.parent
 GENERATE = REPO / "generate.py"
@@ -22,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def new_session(trained, seed=0, out=None, **config) -> Session:
     model, vocab = trained
-    config = SampleConfig(**{"length": 20, "temperature": 1.0, **config})
-    return Session(model, vocab, config, seed, "INFO LINE", out or io.StringIO())
+    config = SampleConfig(**{"length": 20, "temperature": 1.0, "seed": seed, **config})
+    return Session(model, vocab, config, "INFO LINE", out or io.StringIO())
 
 
 def piped(session: Session, text: str) -> list[str]:
@@ -55,7 +58,7 @@ def test_piped_lines_are_answered_with_one_line_each(trained):
 def test_piped_answers_escape_line_breaks(trained):
     model, vocab = trained
     config = SampleConfig(length=600, temperature=1.0)
-    expected = generate(model, vocab, config, "the", generator=make_generator(0))[0][0]
+    expected = generate(model, vocab, config, "the", generator=np.random.default_rng(0))[0][0]
     assert "\n" in expected  # the corpus has a newline every 11 words
     lines = piped(new_session(trained, seed=0, length=600), "the\n")
     assert lines == [expected.replace("\\", "\\\\").replace("\n", "\\n")]
@@ -79,28 +82,31 @@ def test_each_line_is_fed_after_the_text_so_far(trained):
 
 def test_reset_forgets_the_text_so_far(trained):
     lines = piped(new_session(trained, temperature=0.0, length=15), "ab\n:reset\nthe\n")
-    assert lines[1:] == ["(state forgotten)", greedy(trained, "the", 15).replace("\n", "\\n")]
+    assert lines[1:] == ["ok: state forgotten", greedy(trained, "the", 15).replace("\n", "\\n")]
 
 
-@pytest.mark.parametrize("line, field, value", [
-    (":temp 0.5", "temperature", 0.5), (":temp 0", "temperature", 0.0), (":topk 5", "top_k", 5),
-    (":topk 0", "top_k", None), (":topp 0.9", "top_p", 0.9), (":topp 1", "top_p", None),
-    (":len 12", "length", 12)])
-def test_settings_commands_change_the_config(trained, line, field, value):
+@pytest.mark.parametrize("line, field, value, said", [
+    (":temp 0.5", "temperature", 0.5, "ok: temperature 0.5"), (":temp 0", "temperature", 0.0, "ok: temperature 0.0"),
+    (":topk 5", "top_k", 5, "ok: top-k 5"), (":topk 0", "top_k", None, "ok: top-k off"),
+    (":topp 0.9", "top_p", 0.9, "ok: top-p 0.9"), (":topp 1", "top_p", None, "ok: top-p off"),
+    (":len 12", "length", 12, "ok: length 12"), (":seed 3", "seed", 3, "ok: seed 3")])
+def test_settings_commands_change_the_config_and_say_so_in_one_line(trained, line, field, value, said):
+    """Issue 11 item 7: every command answers one line, so a script can pair inputs and outputs."""
     session = new_session(trained, top_k=3, top_p=0.5)
     assert session.handle(line) is True
     assert getattr(session.config, field) == value
-    assert session.out.getvalue() == ""
+    assert session.out.getvalue() == said + "\n"
 
 
 def test_len_changes_the_answer_length(trained):
     lines = piped(new_session(trained), ":len 7\nthe\n:len 23\n\n")
-    assert [len(unescape(line)) for line in lines] == [7, 23]
+    assert lines[0] == "ok: length 7" and lines[2] == "ok: length 23"
+    assert [len(unescape(line)) for line in lines[1::2]] == [7, 23]
 
 
 def test_seed_makes_the_next_answers_repeatable(trained):
     lines = piped(new_session(trained, length=40), "".join(f":seed {seed}\n:reset\nthe\n" for seed in (3, 3, 4)))
-    answers = [line for line in lines if line != "(state forgotten)"]
+    answers = [line for line in lines if not line.startswith("ok: ")]
     assert len(answers) == 3
     assert answers[0] == answers[1] != answers[2]
 
@@ -125,10 +131,11 @@ def test_unknown_character_is_an_error_and_leaves_the_text_alone(trained):
     assert unescape(lines[1]) == greedy(trained, "the", 20)
 
 
-def test_info_and_help(trained):
+def test_info_and_help_are_one_line_each_when_piped(trained):
+    """Issue 11 item 7: multi-line outputs are escaped into one line, like answers."""
     lines = piped(new_session(trained, top_k=5), ":info\n:help\n")
-    assert lines[:2] == ["INFO LINE", "settings: temperature 1.0, top-k 5, top-p off, length 20"]
-    assert lines[2:] == HELP.splitlines()
+    assert [unescape(line) for line in lines] == [
+        "INFO LINE\nsettings: temperature 1.0, top-k 5, top-p off, length 20", HELP]
 
 
 @pytest.mark.parametrize("line", [":quit", ":q", ":exit"])
@@ -173,9 +180,10 @@ def test_generate_interactive_through_a_pipe(tiny_checkpoint):
         input=script, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0 and result.stderr == ""
     lines = result.stdout.splitlines()
-    assert len(lines) == 4, lines
-    assert [len(unescape(line)) for line in (lines[0], lines[1], lines[3])] == [40, 5, 5]
-    assert lines[2].startswith("error: unknown command :bogus")
+    assert len(lines) == 6, lines  # one output line per input line, up to :quit
+    assert [len(unescape(line)) for line in (lines[0], lines[2], lines[4])] == [40, 5, 5]
+    assert lines[1] == "ok: length 5" and lines[5] == "ok: temperature 0.0"
+    assert lines[3].startswith("error: unknown command :bogus")
 
 
 # ---------------------------------------------------------------- generate.py --interactive, a terminal

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from charrnn.model import CharRNN, ModelConfig, detach_state, state_from_list, state_to_list
+import numpy as np
+
+from charrnn.model import CharRNN, ModelConfig, NumpyStep, detach_state, state_from_list, state_to_list
 from charrnn.vocab import Vocab
 
 CELLS = ["rnn", "lstm", "gru"]
@@ -25,9 +27,8 @@ def test_forward_shapes_and_normalised_log_probs(cell):
     assert log_probs.shape == (3, 10, 11)
     assert log_probs.dtype == torch.float32
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(3, 10), atol=1e-5)
-    h = state[0] if cell == "lstm" else state
-    assert isinstance(state, tuple) == (cell == "lstm")
-    assert h.shape == (2, 3, 16)
+    assert isinstance(state, tuple) and len(state) == (2 if cell == "lstm" else 1)  # (h, c) or (h,)
+    assert all(s.shape == (2, 3, 16) for s in state)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -62,7 +63,7 @@ def test_detach_state_keeps_values_and_cuts_gradients():
     assert isinstance(detached, tuple)
     assert all(not s.requires_grad and torch.equal(s, o) for s, o in zip(detached, state))
     _, gru_state = tiny("gru")(x)
-    assert not detach_state(gru_state).requires_grad
+    assert not detach_state(gru_state)[0].requires_grad
     assert detach_state(None) is None
 
 
@@ -72,6 +73,25 @@ def test_state_list_round_trip(cell):
     tensors = state_to_list(state)
     assert len(tensors) == (2 if cell == "lstm" else 1)
     back = state_from_list(tensors, torch.device("cpu"))
-    assert isinstance(back, tuple) == (cell == "lstm")
+    assert isinstance(back, tuple)
     assert all(torch.equal(a, b) for a, b in zip(state_to_list(back), tensors))
     assert state_to_list(None) == [] and state_from_list([], torch.device("cpu")) is None
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_numpy_step_equals_the_model_step_by_step(cell):
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, model=cell, rnn_size=16, num_layers=3, embedding_size=8)).eval()
+    batch, layers, hidden = 3, 3, 16
+    state = tuple(torch.randn(layers, batch, hidden) for _ in range(2 if cell == "lstm" else 1))
+    step, model_state = NumpyStep(model), state
+    step_state = tuple(s.numpy() for s in state)
+    idx = torch.randint(0, 11, (batch, 12))
+    with torch.no_grad():
+        for t in range(idx.shape[1]):
+            logits, step_state = step(idx[:, t].numpy(), step_state)
+            expected, model_state = model(idx[:, t:t + 1], model_state)
+            assert torch.allclose(torch.from_numpy(logits).log_softmax(-1), expected[:, 0], atol=1e-5)
+            assert len(step_state) == len(model_state)
+            for mine, theirs in zip(step_state, model_state):
+                assert torch.allclose(torch.from_numpy(np.asarray(mine)), theirs, atol=1e-5)

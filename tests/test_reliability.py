@@ -15,7 +15,6 @@ import io
 import os
 import pickle
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -29,20 +28,20 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from charrnn import checkpoint, flags
-from charrnn import train as train_module
+from charrnn import checkpoint, files, flags, launch
+from charrnn import trainer as train_module
 from charrnn.errors import CharRNNError
 from charrnn.interactive import Session
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import SampleConfig, generate
-from charrnn.train import TrainConfig, Trainer
+from charrnn.config import SampleConfig
+from charrnn.sample import generate
+from charrnn.config import TrainConfig
 from charrnn.vocab import Vocab
-from conftest import make_text
+from conftest import build_trainer, make_text
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--model", "lstm", "--rnn-size", "16", "--num-layers", "1", "--embedding-size", "8",
         "--seq-length", "16", "--batch-size", "2", "--threads", "1", "--device", "cpu"]
-TEMP_FILE = re.compile(r"^\..*\.tmp$")
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -118,13 +117,13 @@ def run_script(script: str, *args, cwd: Path, timeout: float = 120) -> Result:
 
 
 def tiny_config(corpus: Path, ckpt_dir: Path, **kw) -> TrainConfig:
-    return TrainConfig(**{**dict(corpus=str(corpus), rnn_size=16, num_layers=1, embedding_size=8, seq_length=16,
+    return TrainConfig.from_options(**{**dict(corpus=str(corpus), rnn_size=16, num_layers=1, embedding_size=8, seq_length=16,
                                  batch_size=2, max_steps=2, eval_every=1, checkpoint_dir=str(ckpt_dir),
                                  device="cpu", threads=1, seed=0), **kw})
 
 
 def temp_files(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if TEMP_FILE.match(p.name)) if directory.exists() else []
+    return [p.name for p in files.temporaries(directory)]
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +135,7 @@ def good_checkpoint(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as mp:  # the per-test cache fixture is not active at module scope
         mp.setenv("CHARRNN_CACHE_DIR", str(root / "cache"))
         threads = torch.get_num_threads()
-        trainer = Trainer(tiny_config(corpus, root / "run", embedding_size=64))
+        trainer = build_trainer(tiny_config(corpus, root / "run", embedding_size=64))
         torch.set_num_threads(threads)
     checkpoint.save(trainer.payload(), root / "run" / "last.pt")
     return root / "run" / "last.pt"
@@ -211,7 +210,9 @@ def test_kill_loop_reads_what_a_killed_trainer_left(tmp_path):
     assert kill_loop.probe_step(probe) == 2
     out = "corpus x\nresuming /r/last.pt at step 40\nstep     45 | epoch 0.1 | ...\nstep     50 | epoch"
     assert kill_loop.reported_steps(out) == (40, 50)
-    assert kill_loop.TEMP_FILE.match(".last.pt.k2j3_x.tmp") and not kill_loop.TEMP_FILE.match("last.pt")
+    (tmp_path / ".last.pt.k2j3_x.tmp").write_bytes(b"")
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert kill_loop.temp_files(tmp_path) == {".last.pt.k2j3_x.tmp"}
 
 
 # -- a full disk, an unwritable folder ------------------------------------------------------------
@@ -223,7 +224,7 @@ def no_space(*args, **kwargs):
 def test_disk_full_while_writing_a_checkpoint_keeps_the_earlier_ones(tmp_path, text_file, monkeypatch, resumed):
     run = tmp_path / "run"
     if resumed:
-        train_module.train(tiny_config(text_file, run))  # steps 1 and 2 saved: best.pt and last.pt
+        launch.train(tiny_config(text_file, run))  # steps 1 and 2 saved: best.pt and last.pt
     before = {p.name: p.read_bytes() for p in run.glob("*.pt")}
 
     def half_written(obj, f, *args, **kwargs):  # some bytes reach the temporary file, then the disk is full
@@ -233,9 +234,9 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_earlier_ones(tmp_path, t
     monkeypatch.setattr(checkpoint.torch, "save", half_written)
     with pytest.raises(CharRNNError) as caught:
         if resumed:
-            train_module.train(TrainConfig(), resume=str(run), overrides={"max_steps": 4})
+            launch.train(TrainConfig(), resume=str(run), overrides={"max_steps": 4})
         else:
-            Trainer(tiny_config(text_file, run)).run()
+            build_trainer(tiny_config(text_file, run)).run()
     message = str(caught.value)
     assert "\n" not in message and "No space left on device" in message and "--checkpoint-dir" in message
     assert {p.name: p.read_bytes() for p in run.glob("*.pt")} == before
@@ -269,7 +270,7 @@ def test_disk_full_while_writing_the_run_files_is_a_one_line_error(tmp_path, tex
     run = tmp_path / "run"
     fill_disk_for(monkeypatch, name)
     with pytest.raises(CharRNNError) as caught:
-        Trainer(tiny_config(text_file, run)).run()
+        launch.train(tiny_config(text_file, run))
     assert "\n" not in str(caught.value)
     assert temp_files(run) == []
 
@@ -298,8 +299,8 @@ class CreatesFile:
 def forged(good: dict, **changes) -> dict:
     """A copy of a real checkpoint with some model/train config fields changed."""
     ckpt = dict(good)
-    for key in ("model_config", "train_config"):
-        ckpt[key] = {**good[key], **changes}
+    ckpt["model_config"] = {**good["model_config"], **changes}
+    ckpt["train_config"] = {**good["train_config"], "model": {**good["train_config"]["model"], **changes}}
     return ckpt
 
 
@@ -596,7 +597,7 @@ COMMAND = st.one_of(st.builds(lambda n, a: f":{n} {a}", st.sampled_from(NAMES), 
 @example(lines=[":seed 18446744073709551616", ":seed -1", ":temp 1e-320", ":topp 0", ":topk 0", ":len 0"])
 @example(lines=[":temp nan", ":topp nan", ":len 99999999999999999999", ":temp 1e309"])
 def test_prompt_commands_act_or_raise_charrnn_error(lines):
-    session = Session(PROMPT_MODEL, VOCAB, SampleConfig(length=1), seed=0, info="tiny", out=io.StringIO())
+    session = Session(PROMPT_MODEL, VOCAB, SampleConfig(length=1, seed=0), info="tiny", out=io.StringIO())
     for line in lines:
         try:
             assert session.handle(line) in (True, False)

@@ -12,9 +12,9 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import SampleConfig, Stepper, draw, filter_logits, generate, make_generator
+from charrnn.sample import draw, filter_logits, generate
 from charrnn.vocab import UnknownCharacterError
 
 
@@ -42,7 +42,7 @@ def next_char_probs(logits: np.ndarray, temperature: float, top_k=None, top_p=No
 def draws(logits: np.ndarray, n: int, seed: int = 0, **config) -> np.ndarray:
     """n draws from each row of logits (N, V) by draw() -> (N, n)."""
     config = SampleConfig(**{"temperature": 1.0, **config})
-    return draw(np.repeat(logits, n, axis=0), config, make_generator(seed)).reshape(len(logits), n)
+    return draw(np.repeat(logits, n, axis=0), config, np.random.default_rng(seed)).reshape(len(logits), n)
 
 
 @torch.no_grad()
@@ -51,15 +51,11 @@ def model_log_probs(model, vocab, text: str) -> torch.Tensor:
     return model(torch.tensor([vocab.encode(text)]))[0][0]
 
 
-def tensors(state) -> tuple:
-    return state if isinstance(state, tuple) else (state,)
-
-
 def sample(trained, prime="the ", seed=0, num_samples=1, **config):
     model, vocab = trained
     config = {"length": 40, "temperature": 1.0, **config}
     return generate(model, vocab, SampleConfig(**config), prime, num_samples=num_samples,
-                    generator=make_generator(seed))
+                    generator=np.random.default_rng(seed))
 
 
 # ---------------------------------------------------------------- SampleConfig
@@ -163,29 +159,6 @@ def test_filters_always_leave_a_distribution(case, temperature):
         assert (probs > 0).sum() <= top_k
 
 
-# ---------------------------------------------------------------- Stepper
-
-
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_stepper_equals_the_model_step_by_step(cell):
-    torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=11, model=cell, rnn_size=16, num_layers=3, embedding_size=8)).eval()
-    batch, layers, hidden = 3, 3, 16
-    h = torch.randn(layers, batch, hidden)
-    state = (h, torch.randn(layers, batch, hidden)) if cell == "lstm" else h
-    step, model_state = Stepper(model), state
-    step_state = tuple(s.numpy() for s in tensors(state))
-    idx = torch.randint(0, 11, (batch, 12))
-    with torch.no_grad():
-        for t in range(idx.shape[1]):
-            logits, step_state = step(idx[:, t].numpy(), step_state)
-            expected, model_state = model(idx[:, t:t + 1], model_state)
-            assert torch.allclose(torch.from_numpy(logits).log_softmax(-1), expected[:, 0], atol=1e-5)
-            assert len(step_state) == len(tensors(model_state))
-            for mine, theirs in zip(step_state, tensors(model_state)):
-                assert torch.allclose(torch.from_numpy(mine), theirs, atol=1e-5)
-
-
 # ---------------------------------------------------------------- generate() on a trained model
 
 
@@ -233,18 +206,18 @@ def test_same_seed_same_text_and_different_seeds_differ(trained):
     assert sample(trained, seed=8)[0] != first
 
 
-def test_make_generator_without_a_seed_leaves_torchs_global_generator_alone():
+def test_sampling_without_a_seed_leaves_torchs_global_generator_alone(trained):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    make_generator(None)
+    sample(trained, seed=None)
     assert torch.equal(torch.rand(3), expected)
 
 
 @pytest.mark.parametrize("seed", [-1, 2**63])
-def test_make_generator_rejects_seeds_out_of_range(seed):
+def test_seeds_out_of_range_are_refused(seed):
     with pytest.raises(CharRNNError, match="seed"):
-        make_generator(seed)
+        SampleConfig(seed=seed)
 
 
 def test_prime_goes_through_the_model_in_one_forward_then_steps(trained, monkeypatch):
@@ -273,7 +246,7 @@ def test_stop_ends_each_sample_right_after_the_stop_string(trained):
     model, vocab = trained
     streamed = []
     texts, _ = generate(model, vocab, SampleConfig(length=60, temperature=1.0, stop="s "), "the ",
-                        num_samples=32, generator=make_generator(0), on_text=streamed.append)
+                        num_samples=32, generator=np.random.default_rng(0), on_text=streamed.append)
     stopped = [text for text in texts if "s " in text]
     assert stopped and len(stopped) < len(texts)  # both branches are exercised
     for text in texts:
@@ -306,11 +279,11 @@ def test_several_samples_are_independent_and_full_length(trained):
 def test_returned_state_continues_the_text_exactly(trained, temperature):
     model, vocab = trained
     config = SampleConfig(length=25, temperature=temperature)
-    generator = make_generator(5)
+    generator = np.random.default_rng(5)
     first, state = generate(model, vocab, config, "the ", generator=generator)
     second, _ = generate(model, vocab, config, first[0][-1], state=state, generator=generator)
     whole, _ = generate(model, vocab, SampleConfig(length=50, temperature=temperature), "the ",
-                        generator=make_generator(5))
+                        generator=np.random.default_rng(5))
     assert first[0] + second[0] == whole[0]
 
 

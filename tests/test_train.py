@@ -1,6 +1,5 @@
 """The trainer: learning, exact resume (in-process and through the CLI with SIGINT), stopping on a
 non-finite loss, metrics, the schedule, resume checks, and the train.py command line."""
-import dataclasses
 import importlib.util
 import json
 import math
@@ -16,8 +15,11 @@ import torch
 
 from charrnn import checkpoint
 from charrnn.errors import CharRNNError
-from charrnn.train import TrainConfig, Trainer, evaluate, learning_rate, resume_config, train
-from conftest import make_text
+from charrnn.config import TrainConfig
+from charrnn.evaluate import evaluate
+from charrnn.launch import resume_config, train
+from charrnn.trainer import Trainer, learning_rate
+from conftest import build_trainer, make_text
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(autouse=True)
 def no_plot(monkeypatch):
     """Drawing loss_curve.png costs ~1 s of matplotlib here; subprocesses still draw it."""
-    monkeypatch.setattr("charrnn.train.plot_metrics", lambda *args: None)
+    monkeypatch.setattr("charrnn.trainer.plot_metrics", lambda *args: None)
 
 
 def load_cli():
@@ -45,7 +47,7 @@ def tiny(corpus: Path, run_dir: Path, **kw) -> TrainConfig:
     base = dict(corpus=str(corpus), model="lstm", rnn_size=16, num_layers=1, embedding_size=8,
                 seq_length=8, batch_size=4, learning_rate=1e-2, warmup_steps=0, max_steps=20,
                 eval_every=10, checkpoint_dir=str(run_dir), threads=1)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_options(**{**base, **kw})
 
 
 def weights(path: Path) -> dict:
@@ -62,19 +64,19 @@ def assert_same_weights(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 def test_each_cell_learns_a_repetitive_text(tmp_path, cell):
-    trainer = Trainer(tiny(corpus_file(tmp_path), tmp_path / "run", model=cell, rnn_size=32, seq_length=16,
+    trainer = build_trainer(tiny(corpus_file(tmp_path), tmp_path / "run", model=cell, rnn_size=32, seq_length=16,
                            batch_size=8, max_steps=40))
-    before = evaluate(trainer.model, trainer.val_tokens, 16, trainer.device)
+    before = evaluate(trainer.model, trainer.val_tokens, trainer.device, chunk=16)
     losses = [trainer.train_step() for _ in range(40)]
-    after = evaluate(trainer.model, trainer.val_tokens, 16, trainer.device)
+    after = evaluate(trainer.model, trainer.val_tokens, trainer.device, chunk=16)
     assert after < 0.8 * before, (before, after)
     assert sum(losses[-5:]) < 0.8 * sum(losses[:5])
 
 
 def test_evaluate_works_on_a_validation_split_shorter_than_its_streams(tmp_path):
-    trainer = Trainer(tiny(corpus_file(tmp_path, 200), tmp_path / "run", val_frac=0.03))
+    trainer = build_trainer(tiny(corpus_file(tmp_path, 200), tmp_path / "run", val_frac=0.03))
     assert 2 <= len(trainer.val_tokens) < 9
-    assert math.isfinite(evaluate(trainer.model, trainer.val_tokens, 8, trainer.device))
+    assert math.isfinite(evaluate(trainer.model, trainer.val_tokens, trainer.device, chunk=8))
 
 
 # -- exact resume -------------------------------------------------------------------------------
@@ -88,7 +90,7 @@ def test_resume_is_bit_identical(tmp_path, batching, half):
                   dropout=0.3, batching=batching, max_steps=2 * half, eval_every=5)
     train(config)
     halves = replace(config, checkpoint_dir=str(tmp_path / "halves"))
-    trainer = Trainer(halves)
+    trainer = build_trainer(halves)
     for _ in range(half):
         trainer.train_step()
     trainer.save("last.pt")
@@ -202,11 +204,11 @@ def test_learning_rate_warms_up_then_decays_by_cosine():
 # -- resume checks ------------------------------------------------------------------------------
 
 def test_resume_config_refuses_a_changed_model_flag():
-    saved = asdict(TrainConfig(rnn_size=16, max_steps=10))
+    saved = asdict(TrainConfig.from_options(rnn_size=16, max_steps=10))
     with pytest.raises(CharRNNError, match="--rnn-size"):
         resume_config(saved, {"rnn_size": 32})
     config = resume_config(saved, {"max_steps": 99, "rnn_size": 16})
-    assert config.max_steps == 99 and config.rnn_size == 16
+    assert config.max_steps == 99 and config.model.rnn_size == 16
 
 
 def test_resume_with_a_changed_corpus_is_refused(tmp_path):
@@ -224,7 +226,7 @@ def test_help_mentions_every_flag(capsys):
         load_cli().build_parser().parse_args(["--help"])
     assert info.value.code == 0
     text = capsys.readouterr().out
-    names = [f.name for f in dataclasses.fields(TrainConfig)] + ["resume"]
+    names = list(TrainConfig().options()) + ["resume", "init_from", "overwrite"]
     for flag in ["--" + n.replace("_", "-") for n in names]:
         assert flag in text, flag
     for flag in ("--rnn-size", "--num-layers", "--seq-length", "--seed", "--resume", "--time-budget"):
@@ -234,11 +236,11 @@ def test_help_mentions_every_flag(capsys):
 def test_every_config_field_has_a_flag_that_defaults_to_unset():
     parser = load_cli().build_parser()
     dests = {a.dest for a in parser._actions} - {"help"}
-    assert dests == {f.name for f in dataclasses.fields(TrainConfig)} | {"resume"}
+    assert dests == set(TrainConfig().options()) | {"resume", "init_from", "overwrite"}
     assert all(v is None for v in vars(parser.parse_args([])).values())  # so only given flags override
     args = vars(parser.parse_args(["--rnn-size", "32", "--time-budget", "1.5m", "--dropout", "0.2"]))
     given = {k: v for k, v in args.items() if v is not None}
-    assert TrainConfig(**given) == TrainConfig(rnn_size=32, time_budget=90.0, dropout=0.2)
+    assert TrainConfig.from_options(**given) == TrainConfig.from_options(rnn_size=32, time_budget=90.0, dropout=0.2)
 
 
 BAD_VALUES = [(flag, value) for flag in ("--rnn-size", "--seq-length")

@@ -1,0 +1,213 @@
+"""Every option, declared once.
+
+The dataclasses below are the source of the command-line flags (name, type, help, default,
+choices: see flags.add_options) and of the checks, which run in `__post_init__` whether a config
+comes from flags, from Python or from a checkpoint. Nothing here imports torch, so `--help` and
+flag errors answer at once.
+"""
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from types import UnionType
+from typing import Any, get_args
+
+from charrnn.errors import CharRNNError
+
+CELLS = ("rnn", "lstm", "gru")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16")
+DEFAULT_TIME_BUDGET = 600.0  # seconds, used only when no other stopping rule is given
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take, and how to say so in an error message."""
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    words: str = ""
+
+    def __contains__(self, value: float) -> bool:
+        return (math.isfinite(value) and value >= self.low and not (self.low_open and value == self.low)
+                and value <= self.high)
+
+
+POSITIVE_INT = Range(1, 10**9, words="an integer >= 1")
+NONNEGATIVE_INT = Range(0, 10**9, words="an integer >= 0")
+POSITIVE = Range(0, 1e6, low_open=True, words="a number > 0")
+NONNEGATIVE = Range(0, 1e6, words="a number >= 0")
+FRACTION = Range(0, 0.9, words="a fraction from 0 to 0.9")
+UNIT = Range(0, 1, words="a number from 0 to 1")
+PROBABILITY = Range(0, 1, low_open=True, words="a probability in (0, 1]")
+THREADS = Range(1, 1024, words="an integer from 1 to 1024")
+SEED = Range(0, 2**63 - 1, words="an integer from 0 to 2**63-1")
+DURATION = Range(0, 366 * 86400, low_open=True, words="more than 0s and at most a year")
+
+
+def option(default: Any = None, help: str = "", *, check: Range | None = None,
+           choices: tuple[str, ...] | None = None, duration: bool = False, flag: bool = True) -> Any:
+    """A dataclass field that also describes its flag: help text, range check, choices."""
+    meta = {"help": help, "check": check, "choices": choices, "duration": duration, "flag": flag}
+    return field(default=default, metadata=meta)
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '2min', '10m', '1.5h', '1h30m' or plain seconds -> seconds."""
+    units = {"": 1, "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
+             "mins": 60, "minute": 60, "minutes": 60, "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600,
+             "hours": 3600}
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)", text.strip().lower())
+    rebuilt = re.sub(r"\s+", "", "".join(n + u for n, u in parts))
+    if not parts or rebuilt != re.sub(r"\s+", "", text.lower()) or any(u not in units for _, u in parts):
+        raise ValueError(f"{text!r} is not a duration like 90s, 2min, 10m, 1.5h or 1h30m")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def value_type(f) -> type:
+    """int, float or str: the type a field's flag parses (`int | None` -> int)."""
+    kinds = get_args(f.type) if isinstance(f.type, UnionType) else (f.type,)
+    return next(k for k in kinds if k is not type(None))
+
+
+def check_fields(config: Any) -> None:
+    """Raise a one-line CharRNNError naming the flag of the first field out of its range or choices."""
+    for f in fields(config):
+        value, meta = getattr(config, f.name), f.metadata
+        if value is None or not meta:
+            continue
+        name = "--" + f.name.replace("_", "-")
+        if meta["choices"] and value not in meta["choices"]:
+            raise CharRNNError(f"{name} must be one of {', '.join(meta['choices'])}, not {value!r}")
+        check = meta["check"]
+        if check is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value not in check
+                                  or (value_type(f) is int and not isinstance(value, int))):
+            raise CharRNNError(f"{name} must be {check.words}, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network's shape; `vocab_size` comes from the corpus, the rest from flags."""
+    vocab_size: int = option(0, flag=False, check=NONNEGATIVE_INT)
+    model: str = option("lstm", "recurrent cell", choices=CELLS)
+    rnn_size: int = option(256, "hidden units per layer", check=POSITIVE_INT)
+    num_layers: int = option(2, "stacked layers", check=POSITIVE_INT)
+    embedding_size: int = option(64, "width of the input lookup (one-hot x weights, done as a lookup)",
+                                 check=POSITIVE_INT)
+    dropout: float = option(0.2, "dropout between layers and before the output layer", check=FRACTION)
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. The defaults are the configuration that reached the lowest validation loss on
+    tinyshakespeare in 10 minutes on a 2-core CPU; the runs behind each choice are in bench/RESULTS.md."""
+    # data
+    corpus: str | None = option(None, "a text file, a directory of text files, or a name: corpora/NAME.txt, "
+                                "or 'tinyshakespeare' (downloaded on first use). Default: the Python "
+                                "standard library's source, read from this interpreter")
+    encoding: str = option("utf-8", "text encoding of the corpus")
+    val_frac: float = option(0.1, "last fraction of the text held out for validation", check=FRACTION)
+    test_frac: float = option(0.0, "fraction after validation held out as a test split, never trained on",
+                              check=FRACTION)
+    batching: str = option("stream", "stream: contiguous rows, hidden state carried between steps "
+                           "(truncated BPTT); random: windows at random offsets", choices=("stream", "random"))
+    model: ModelConfig = ModelConfig()
+    # optimisation: short windows give 4x the updates of 128-character ones for the same text, and
+    # the carried state keeps the context; on a time budget the number of updates matters most
+    seq_length: int = option(32, "characters per window; gradients are truncated at window boundaries",
+                             check=POSITIVE_INT)
+    batch_size: int = option(64, "rows per step", check=POSITIVE_INT)
+    learning_rate: float = option(2e-3, "peak AdamW learning rate", check=POSITIVE)
+    min_lr_frac: float = option(0.02, "the cosine schedule decays to this fraction of the peak by the end "
+                                "of the run", check=UNIT)
+    warmup_steps: int = option(20, "linear warm-up steps", check=NONNEGATIVE_INT)
+    weight_decay: float = option(0.0, "AdamW weight decay", check=NONNEGATIVE)
+    grad_clip: float = option(1.0, "clip the gradient norm to this", check=POSITIVE)
+    # when to stop (whichever comes first) and when to evaluate
+    max_steps: int | None = option(None, "stop after this many steps in total", check=POSITIVE_INT)
+    max_epochs: float | None = option(None, "stop after this many passes over the text", check=POSITIVE)
+    time_budget: float | None = option(None, "stop and save after this much training time in total, "
+                                       "e.g. 90s, 2min, 10m, 1.5h; the learning rate decays over it, so "
+                                       "a time-budget run depends on the machine's speed",
+                                       check=DURATION, duration=True)
+    eval_every: int = option(500, "validate and save every N steps (and at least every 5 minutes, or "
+                             "every quarter of a --time-budget)", check=POSITIVE_INT)
+    eval_chars: int = option(100_000, "characters of the validation split scored at each evaluation, the "
+                             "same ones every time, so that evaluation costs the same on any corpus; 0 scores "
+                             "the whole split (python generate.py --score does too)", check=NONNEGATIVE_INT)
+    log_every: int = option(100, "append the training loss to metrics.jsonl every N steps", check=POSITIVE_INT)
+    sample_length: int = option(200, "characters of the sample printed at each evaluation and kept in "
+                                "samples.jsonl (0: no samples)", check=NONNEGATIVE_INT)
+    sample_prime: str = option("", "text that starts each evaluation's sample")
+    # where and how
+    keep_checkpoints: int = option(0, "also keep the last N evaluations' checkpoints as step_NNNNNN.pt "
+                                   "(0: only best.pt and last.pt)", check=NONNEGATIVE_INT)
+    checkpoint_dir: str | None = option(None, "the run folder for best.pt, last.pt and metrics "
+                                        "(default checkpoints/<corpus name>)")
+    seed: int = option(1337, "random seed; with --max-steps or --max-epochs the same seed gives the "
+                       "same run on CPU (a --time-budget schedule follows the clock)", check=SEED)
+    device: str = option("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)
+    dtype: str = option("auto", "auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16 on a CPU needs "
+                        "AVX512-BF16 or AMX", choices=DTYPES)
+    threads: int | None = option(None, "CPU threads (default: all cores)", check=THREADS)
+
+    def __post_init__(self):
+        check_fields(self)
+        if self.val_frac + self.test_frac >= 1:
+            raise CharRNNError(f"--val-frac {self.val_frac} and --test-frac {self.test_frac} must sum to "
+                               "less than 1, so that some text is left to train on")
+
+    @classmethod
+    def from_options(cls, **options: Any) -> "TrainConfig":
+        """Build from flat options as the flags name them (rnn_size=512, ...), checked."""
+        model_names = {f.name for f in fields(ModelConfig)}
+        known = model_names | {f.name for f in fields(cls)} - {"model"}
+        if isinstance(options.get("model"), ModelConfig):
+            options = {**asdict(options.pop("model")), **options}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise CharRNNError(f"unknown option {unknown[0]!r}; see python train.py --help for the options")
+        model = ModelConfig(**{k: v for k, v in options.items() if k in model_names})
+        return cls(model=model, **{k: v for k, v in options.items() if k not in model_names})
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainConfig":
+        """A config saved as asdict(config), or in the flat form of checkpoint format 1."""
+        flat = {**saved, **saved["model"]} if isinstance(saved.get("model"), dict) else dict(saved)
+        names = {f.name for f in fields(ModelConfig)} | {f.name for f in fields(cls)}
+        return cls.from_options(**{k: v for k, v in flat.items() if k in names})
+
+    def options(self) -> dict:
+        """The flat form: one entry per flag."""
+        flat = {**asdict(self), **asdict(self.model)}
+        return {k: v for k, v in flat.items() if k != "vocab_size"}
+
+    def with_options(self, **options: Any) -> "TrainConfig":
+        """A copy with some flat options replaced."""
+        return TrainConfig.from_options(**{**self.options(), **options})
+
+    def with_stopping_rule(self) -> "TrainConfig":
+        """With the default time budget when no stopping rule is given."""
+        if self.max_steps or self.max_epochs or self.time_budget:
+            return self
+        return replace(self, time_budget=DEFAULT_TIME_BUDGET)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How to draw characters."""
+    length: int = option(500, "characters to generate", check=POSITIVE_INT)
+    temperature: float = option(0.8, "sharpness of sampling: lower is safer, higher is wilder, 0 is greedy",
+                                check=NONNEGATIVE)
+    top_k: int | None = option(None, "draw only from the K likeliest characters", check=POSITIVE_INT)
+    top_p: float | None = option(None, "draw only from the likeliest characters whose probabilities add "
+                                 "up to P (nucleus sampling)", check=PROBABILITY)
+    stop: str | None = option(None, "stop a sample once its text (prime included) ends with this string")
+    seed: int | None = option(None, "random seed: the same seed gives the same text", check=SEED)
+
+    def __post_init__(self):
+        check_fields(self)
+

@@ -1,0 +1,72 @@
+"""Scoring text under a model: the validation loss during training, and `generate.py --score`."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn import corpus, data, distributed
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN
+from charrnn.vocab import Vocab
+
+EVAL_STREAMS = 8   # a split is scored as 8 contiguous streams, state carried along each
+EVAL_CHUNK = 1024  # characters per forward call: the state carries, so only speed changes
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, tokens: np.ndarray, device: torch.device | str = "cpu",
+             amp: torch.dtype | None = None, streams: int = EVAL_STREAMS, chunk: int = EVAL_CHUNK,
+             world: distributed.World = distributed.World()) -> float:
+    """Mean NLL in nats/char over every character of `tokens` after the first, state carried.
+
+    Under data parallelism each rank scores its share of the streams and the sums are combined.
+    """
+    if len(tokens) < 2:
+        raise CharRNNError("nothing to evaluate: the split holds fewer than 2 characters")
+    device = torch.device(device)
+    streams = max(1, min(streams, len(tokens) - 1))  # a split shorter than `streams` still counts
+    was_training = model.training
+    model.eval()
+    total, count, state = 0.0, 0, None
+    mine = slice(world.rank, None, world.size)
+    for x, y in data.eval_chunks(tokens, streams, chunk):
+        x, y = x[mine], y[mine]
+        if len(x) == 0:  # fewer streams than ranks: this rank has none
+            break
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            log_probs, state = model(x.to(device), state)
+        total += F.nll_loss(log_probs.flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    total, count = distributed.sum_all(world, [total, count], device)
+    return total / count
+
+
+def score_file(model: CharRNN, vocab: Vocab, path: str | Path, encoding: str = "utf-8",
+               skip_unknown: bool = False) -> tuple[float, int]:
+    """(nats per character, characters scored) of one text file, read as one stream."""
+    path = Path(path)
+    if not path.is_file():  # not a corpus name or a directory: --score reads the file it is given
+        what = "is a directory; give one text file" if path.is_dir() else "does not exist"
+        raise CharRNNError(f"--score file {path} {what}")
+    source = corpus.Source(path.stem, (path,), corpus.check_encoding(encoding))
+    tokens = np.concatenate([np.zeros(0, vocab.index_dtype)]  # an empty file yields no chunk at all
+                            + [vocab.encode_points(corpus.code_points(text), skip_unknown)
+                               for text in corpus.read_chunks(source)])
+    return score_tokens(model, tokens, what=str(path))
+
+
+def score_tokens(model: CharRNN, tokens: np.ndarray, what: str = "the text") -> tuple[float, int]:
+    """(nats per character, characters scored) of indices read as one stream."""
+    if len(tokens) < 2:
+        raise CharRNNError(f"{what} has fewer than 2 known characters; nothing to score")
+    device = next(model.parameters()).device
+    return evaluate(model, tokens, device, streams=1), len(tokens) - 1
+
+
+def describe_score(what: str, nats: float, count: int) -> str:
+    return f"{what}: {nats:.4f} nats/char, {nats / math.log(2):.4f} bits/char over {count:,} characters"

@@ -1,0 +1,213 @@
+"""Start-up: everything a run does to the process (process group, threads, seeds), the corpus, and
+the parts the Trainer is handed; a new run, a resumed one, or a fine-tune of a trained model."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from charrnn import checkpoint, corpus, data, distributed, rng
+from charrnn.config import TrainConfig
+from charrnn.device import autocast_dtype, pick_device, set_threads
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, grow_vocab
+from charrnn.runs import RunDir, new_run_dir
+from charrnn.trainer import Trainer
+from charrnn.vocab import Vocab
+
+# Options that may change when a run is resumed; the rest must match the checkpoint to stay exact.
+RESUMABLE = {"max_steps", "max_epochs", "time_budget", "eval_every", "log_every", "sample_length",
+             "sample_prime", "keep_checkpoints", "checkpoint_dir", "device", "dtype", "threads"}
+# Options a fine-tune takes from its base model.
+SHAPE = {"model", "rnn_size", "num_layers", "embedding_size"}
+
+
+def train(config: TrainConfig, *, resume: str | None = None, init_from: str | None = None,
+          overrides: dict | None = None, overwrite: bool = False, progress_bar: bool = True,
+          callbacks: list[Callable[[Trainer], None]] = ()) -> dict:
+    """Train a new run from `config`; or continue the run at `resume` with `overrides` (the options
+    the user gave) applied; or start from the weights at `init_from` on the config's corpus.
+    `callbacks` are called with the trainer after every step."""
+    if resume and init_from:
+        raise CharRNNError("--resume continues a run and --init-from starts a new one from a model; use one")
+    world = distributed.world_from_env()
+    try:
+        if resume:
+            path = checkpoint.resolve(resume, prefer="last.pt")
+            ckpt = checkpoint.load(path)
+            with invalid_checkpoint(path):
+                config = resume_config(ckpt["train_config"], overrides or {})
+                step = ckpt["progress"]["step"]
+            if world.is_main:
+                print(f"resuming {path} at step {step}", flush=True)
+            trainer = build(config, world, resume_from=ckpt, run_dir=Path(config.checkpoint_dir or path.parent))
+        else:
+            config = absolute_corpus(config).with_stopping_rule()
+            base = load_base(init_from, overrides or {}) if init_from else None
+            if base:  # the network's shape is the base model's
+                config = config.with_options(**{name: getattr(base[0].config, name) for name in SHAPE})
+            trainer = build(config, world, base=base, overwrite=overwrite)
+        if world.is_main:
+            trainer.run_dir.start(asdict(trainer.config))
+        trainer.callbacks.extend(callbacks)
+        return trainer.run(progress_bar=progress_bar)
+    finally:
+        distributed.stop(world)
+
+
+def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | None = None,
+          base: tuple[CharRNN, Vocab, dict] | None = None, run_dir: Path | None = None,
+          overwrite: bool = False) -> Trainer:
+    """Set up the process and build a Trainer: the one place with process-wide side effects."""
+    device = pick_device(config.device)
+    if device.type == "cuda" and world.active:
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    distributed.start(world, device)
+    amp = autocast_dtype(device, config.dtype)
+    set_threads(config.threads, world.local_size)
+    rng.seed_everything(config.seed + world.rank)  # ranks draw different dropout masks
+
+    text = corpus.load(corpus.resolve(config.corpus, config.encoding))
+    vocab, tokens = text.vocab, text.tokens
+    if base is not None:  # fine-tuning: the base model's characters, then the corpus's new ones
+        vocab = Vocab(sorted(set(base[1].chars) | set(text.vocab.chars)))
+        tokens = remap(tokens, text.vocab, vocab)
+    train_tokens, val_tokens, _ = data.split(tokens, config.val_frac, config.test_frac)
+    if len(val_tokens) < 2:
+        raise CharRNNError(f"the validation split of {text.name} is empty; "
+                           "use a longer corpus or a larger --val-frac")
+    if config.batching == "stream":
+        batches = data.StreamBatches(train_tokens, config.batch_size, config.seq_length, world.rank, world.size)
+    else:
+        batches = data.RandomBatches(train_tokens, config.batch_size, config.seq_length, config.seed,
+                                     world.rank, world.size)
+    model_config = replace(config.model, vocab_size=len(vocab))
+    model = CharRNN(model_config) if base is None else grow_vocab(base[0], base[1].chars, vocab.chars, model_config)
+    model.to(device)
+    # betas (0.9, 0.99): char models see a new mix of characters every step; a shorter second
+    # moment memory than 0.999 follows it better (nanoGPT uses 0.95 for the same reason)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
+                                  weight_decay=config.weight_decay)
+    if resume_from is None and world.is_main:
+        run_dir = new_run_dir(config.checkpoint_dir, text.name, overwrite)
+    info = {"corpus": {"name": text.name, "length": len(tokens), "fingerprint": fingerprint(tokens, config)},
+            "lineage": base[2] if base else []}
+    if resume_from is not None:
+        info["lineage"] = resume_from.get("lineage", [])
+        check_same_corpus(resume_from, info["corpus"])
+    eval_tokens = val_tokens[:config.eval_chars] if config.eval_chars else val_tokens
+    trainer = Trainer(config, model, optimizer, batches, eval_tokens, vocab,
+                      RunDir(run_dir or Path("."), writes=world.is_main), device=device, amp=amp, world=world,
+                      checkpoint_info=info)
+    if resume_from is not None:
+        with invalid_checkpoint(run_dir):
+            if resume_from["vocab"] != vocab.to_list():
+                raise CharRNNError("the corpus has changed since this checkpoint was written (its vocabulary "
+                                   "differs); resume with the same corpus or start a new run")
+            trainer.restore(resume_from)
+    if world.is_main:
+        print(describe(trainer, len(train_tokens), len(val_tokens)), flush=True)
+    return trainer
+
+
+def resume_config(saved: dict, overrides: dict) -> TrainConfig:
+    """The checkpoint's config with the options that may change on resume replaced."""
+    config = TrainConfig.from_dict(saved)
+    overrides = absolute_corpus_option(overrides)
+    current = config.options()
+    for name, value in overrides.items():
+        if name not in RESUMABLE and value != current.get(name):
+            flag = "--" + name.replace("_", "-")
+            raise CharRNNError(f"{flag} {value} differs from the resumed run's {current.get(name)}; "
+                               f"drop {flag} to resume, or start a new run without --resume")
+    return config.with_options(**{k: v for k, v in overrides.items() if k in RESUMABLE})
+
+
+def load_base(init_from: str, overrides: dict) -> tuple[CharRNN, Vocab, list]:
+    """The trained model a fine-tune starts from, its vocabulary, and the lineage to record."""
+    path = checkpoint.resolve(init_from, prefer="best.pt")
+    ckpt = checkpoint.load(path)
+    model, vocab = checkpoint.build_model(ckpt)
+    for name in sorted(SHAPE & overrides.keys()):
+        if overrides[name] != getattr(model.config, name):
+            flag = "--" + name.replace("_", "-")
+            raise CharRNNError(f"{flag} {overrides[name]} differs from the base model's "
+                               f"{getattr(model.config, name)}: a fine-tune keeps the shape of --init-from; "
+                               f"drop {flag}")
+    progress = ckpt.get("progress", {})
+    entry = {"checkpoint": str(path.resolve()), "corpus": ckpt.get("corpus", {}).get("name", "unknown"),
+             "step": progress.get("step", 0), "best_val_loss": progress.get("best_val_loss")}
+    return model, vocab, [*ckpt.get("lineage", []), entry]
+
+
+def remap(tokens: np.ndarray, old: Vocab, new: Vocab) -> np.ndarray:
+    """Indices in `old` -> the same characters' indices in `new` (a superset)."""
+    table = np.array([new.chars.index(c) for c in old.chars], dtype=new.index_dtype)
+    return table[tokens]
+
+
+def fingerprint(tokens: np.ndarray, config: TrainConfig) -> str:
+    """A hash of the text at the start, the end and around the split: changes when the corpus does."""
+    n, cut = len(tokens), int(len(tokens) * (1 - config.val_frac - config.test_frac))
+    pieces = [tokens[:4096], tokens[max(0, cut - 2048):cut + 2048], tokens[-4096:]]
+    return hashlib.sha256(b"".join(np.ascontiguousarray(p).tobytes() for p in pieces) + str(n).encode()).hexdigest()[:16]
+
+
+def check_same_corpus(ckpt: dict, now: dict) -> None:
+    saved = ckpt.get("corpus", {})
+    same = saved.get("length") == now["length"] and saved.get("fingerprint", now["fingerprint"]) == now["fingerprint"]
+    if not same:
+        raise CharRNNError(f"the corpus has changed since this checkpoint was written ({saved.get('length', '?'):,} "
+                           f"characters then, {now['length']:,} now, or other text); resume with the same "
+                           "corpus, or fine-tune on the new one with --init-from")
+
+
+def absolute_corpus(config: TrainConfig) -> TrainConfig:
+    """A corpus path made absolute, so that --resume finds it from any folder."""
+    return replace(config, **absolute_corpus_option({"corpus": config.corpus}))
+
+
+def absolute_corpus_option(options: dict) -> dict:
+    value = options.get("corpus")
+    if value and Path(value).expanduser().exists():
+        return {**options, "corpus": str(Path(value).expanduser().resolve())}
+    return options
+
+
+def describe(trainer: Trainer, n_train: int, n_val: int) -> str:
+    c, m = trainer.config, trainer.model.config
+    info = trainer.checkpoint_info["corpus"]
+    scored = len(trainer.val_tokens)
+    world = trainer.world
+    lines = [
+        f"corpus {info['name']}: {info['length']:,} chars, vocabulary {len(trainer.vocab)}, "
+        f"train {n_train:,} / val {n_val:,}",
+        f"model {m.model} {m.num_layers}x{m.rnn_size}, {trainer.model.num_parameters():,} parameters; "
+        f"batch {c.batch_size}x{c.seq_length} ({c.batching})"
+        + (f" per rank x {world.size} ranks = {c.batch_size * world.size} rows" if world.active else "")
+        + f", device {trainer.device}, {'bf16 autocast' if trainer.amp else 'fp32'}, "
+        f"{torch.get_num_threads()} threads",
+        f"evaluation scores {'all ' if scored == n_val else f'the first {scored:,} of the '}{n_val:,} "
+        "validation chars (--eval-chars; python generate.py --score FILE scores a whole file)",
+        f"checkpoints in {trainer.run_dir.path}",
+    ]
+    for entry in trainer.checkpoint_info["lineage"][-1:]:
+        lines.insert(2, f"initialised from {entry['checkpoint']} (trained on {entry['corpus']})")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def invalid_checkpoint(path: Path | None):
+    """A checkpoint that loads but lacks or garbles a field is a one-line error, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as e:
+        detail = str(e).splitlines()[0][:100] if str(e) else "a field is missing"
+        raise CharRNNError(f"checkpoint {path} is incomplete or invalid ({detail}); use another checkpoint") from None
+
