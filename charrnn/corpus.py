@@ -178,8 +178,9 @@ def _decode(f, raw: bytes, path: Path, encoding: str) -> Iterator[str]:
         start = offset - len(decoder.getstate()[0])  # file offset of the bytes decoded next
         try:
             text = decoder.decode(raw, final=not raw)
-        except UnicodeDecodeError as e:
-            raise CharRNNError(f"{path} is not valid {encoding} (byte offset {start + e.start}); "
+        except UnicodeError as e:  # UnicodeDecodeError, or UTF-16/32 without a byte-order mark
+            where = f"byte offset {start + e.start}" if isinstance(e, UnicodeDecodeError) else "no byte-order mark"
+            raise CharRNNError(f"{path} is not valid {encoding} ({where}); "
                                "pass --encoding (e.g. --encoding latin-1) or fix the file") from None
         if "\0" in text:
             at = start + len(text[:text.index("\0")].encode(encoding))

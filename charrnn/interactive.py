@@ -124,8 +124,9 @@ def parse_number(kind: type, name: str, text: str) -> int | float:
                            f"not {text!r}") from None
 
 
-def run(session: Session, stdin: TextIO = sys.stdin) -> None:
-    """Read lines until :quit, Ctrl-D, or Ctrl-C at the prompt."""
+def run(session: Session, stdin: TextIO | None = None) -> None:
+    """Read lines (from sys.stdin by default) until :quit, Ctrl-D, or Ctrl-C at the prompt."""
+    stdin = stdin or sys.stdin
     tty = stdin.isatty() and session.out.isatty()
     session.one_line = not tty
     if tty:

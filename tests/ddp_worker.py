@@ -1,7 +1,8 @@
 """Run under torchrun by test_distributed.py: train a few steps and check what each rank sees.
 
 Writes, from rank 0, a JSON file with the per-step mean loss over ranks, whether the ranks' first
-batches differed, and whether every rank's weights were identical after every step.
+batches differed, and whether every rank's weights were identical after every step; or, given 0
+steps, every rank's learning rate at every step of a whole run.
 """
 import json
 import sys
@@ -17,6 +18,18 @@ config = TrainConfig.from_dict(json.loads(sys.argv[1]))
 out_path, steps = sys.argv[2], int(sys.argv[3])
 trainer = build(config, world_from_env())
 world = trainer.world
+
+if steps == 0:  # the whole loop under its stopping rule: record every rank's learning rates
+    rates = []
+    trainer.callbacks.append(lambda t: rates.append(t.optimizer.param_groups[0]["lr"]))
+    trainer.run(progress_bar=False)
+    everyone = [None] * world.size
+    dist.all_gather_object(everyone, rates)
+    if world.is_main:
+        with open(out_path, "w") as f:
+            json.dump({"rates": everyone}, f)
+    dist.destroy_process_group()
+    sys.exit(0)
 
 position = trainer.batches.state_dict()
 first_x, _, _ = next(trainer.batches)  # a peek: the position is put back before training

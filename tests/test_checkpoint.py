@@ -187,3 +187,12 @@ def test_resolve_none_takes_the_newest_run(tmp_path, monkeypatch):
             os.utime(tmp_path / run / name, (1000 + i, {"old": 2000, "new": 3000, "older": 1000}[run]))
     assert checkpoint.resolve(None) == tmp_path / "new" / "best.pt"
     assert checkpoint.resolve(None, prefer="last.pt") == tmp_path / "new" / "last.pt"
+
+
+def test_a_small_text_file_as_a_checkpoint_names_no_internal_exception(tmp_path):
+    """Issue 11 item 19: 'corrupt or truncated', not 'corrupt or truncated (KeyError)'."""
+    path = tmp_path / "notes.pt"
+    path.write_text("hello\n")
+    with pytest.raises(CharRNNError) as info:
+        checkpoint.load(path)
+    assert "Error" not in str(info.value) and "notes.pt" in str(info.value)

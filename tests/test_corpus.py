@@ -415,3 +415,50 @@ def test_tiny_chunks_give_the_same_cache_as_large_ones(tmp_path, monkeypatch):
     chunked = corpus.load(corpus.resolve(str(path)))
     assert chunked.vocab == whole.vocab
     assert np.array_equal(chunked.tokens, whole.tokens)
+
+
+# ---------------------------------------------------------------- issue 11: corpora found by a new user
+
+
+def test_binary_file_is_called_binary_before_any_encoding_advice(tmp_path):
+    """Issue 11 item 16: a binary file is named as binary at once, not sent round via --encoding."""
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes([0x89, 0xFF, 0xFE, 0x00, 0x10, 0x80]) * 100)
+    for encoding in ("utf-8", "latin-1"):
+        with pytest.raises(CharRNNError, match="looks binary") as info:
+            corpus.load(corpus.resolve(str(path), encoding))
+        assert "--encoding" not in str(info.value)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32"])
+def test_utf16_and_utf32_files_in_a_directory_are_read_not_skipped(tmp_path, encoding):
+    """Issue 11 item 17: wide encodings are full of NUL bytes; their byte-order mark says what they are."""
+    (tmp_path / "books").mkdir()
+    (tmp_path / "books" / "wide.txt").write_text("漢字 and text\n", encoding=encoding)  # with a BOM
+    (tmp_path / "books" / "plain.txt").write_text("plain\n", encoding="utf-8")
+    assert load_text(tmp_path / "books") == "plain\n漢字 and text\n"
+    (tmp_path / "books" / "plain.txt").unlink()
+    assert load_text(tmp_path / "books", encoding) == "漢字 and text\n"
+    (tmp_path / "books" / "wide.txt").write_bytes("no mark".encode(encoding + "-le"))
+    with pytest.raises(CharRNNError, match="byte-order mark"):
+        load_text(tmp_path / "books", encoding)
+
+
+def test_a_utf8_byte_order_mark_is_not_a_character(tmp_path):
+    """Issue 11 item 18: a leading BOM is dropped, so it never enters the vocabulary."""
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfhello\n")
+    loaded = corpus.load(corpus.resolve(str(path)))
+    assert "\ufeff" not in loaded.vocab and loaded.vocab.decode(loaded.tokens) == "hello\n"
+
+
+def test_messages_for_an_empty_file_and_a_folder_without_text_say_what_is_wrong(tmp_path):
+    """Issue 11 item 19: no 'corpus empty is empty'; no '.txt only' advice where .md files count."""
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(CharRNNError) as info:
+        corpus.load(corpus.resolve(str(tmp_path / "empty.txt")))
+    assert "empty.txt" in str(info.value) and "empty is empty" not in str(info.value)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CharRNNError) as info:
+        corpus.resolve(str(tmp_path / "folder"))
+    assert ".txt files" not in str(info.value) and "text files" in str(info.value)

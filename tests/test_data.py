@@ -274,3 +274,18 @@ def test_eval_chunks_of_real_text_decode_back():
     tokens = np.frombuffer(text.encode(), dtype=np.uint8)
     ys = torch.cat([y for _, y in eval_chunks(tokens, 1, 7)], dim=1)
     assert bytes(ys[0].tolist()).decode() == text[1:]
+
+
+def test_a_position_saved_with_another_number_of_rows_continues_at_the_same_fraction():
+    """Issue 11 item 10: a position from one process (31 steps an epoch) loads into two (15)."""
+    tokens = positions(2000)
+    one = StreamBatches(tokens, 8, 8)
+    take(one, 20)
+    two = StreamBatches(tokens, 4, 8, rank=0, world_size=4)  # twice the rows in all: half the steps
+    two.load_state_dict(one.state_dict())
+    assert two.step_in_epoch == 20 * two.steps_per_epoch // one.steps_per_epoch
+    take(two, two.steps_per_epoch)  # every step of an epoch after it reads inside the text
+    old_format = {"epoch": 0, "step_in_epoch": 30}  # checkpoint format 1 saved no steps_per_epoch
+    two.load_state_dict(old_format)
+    assert two.step_in_epoch < two.steps_per_epoch
+    next(two)

@@ -66,3 +66,15 @@ def test_torchrun_checkpoint_samples_and_resumes_in_one_process(tmp_path, corpus
     again = torchrun(str(REPO / "train.py"), "--resume", str(ckpt_dir), "--max-steps", "18")
     assert again.returncode == 0, again.stderr[-2000:]
     assert checkpoint.load(ckpt_dir / "last.pt")["progress"]["step"] == 18
+
+
+def test_under_a_time_budget_every_rank_follows_rank_0s_clock(tmp_path, corpus_file):
+    """Issue 11 item 9: the ranks' learning rates agree to the last digit, step after step."""
+    config = TrainConfig.from_options(corpus=str(corpus_file), rnn_size=24, embedding_size=8, seq_length=16,
+                                      batch_size=4, warmup_steps=2, time_budget=4.0, eval_every=10**6,
+                                      sample_length=0, threads=1, checkpoint_dir=str(tmp_path / "run"))
+    out = tmp_path / "rates.json"
+    run = torchrun(str(REPO / "tests" / "ddp_worker.py"), json.dumps(asdict(config)), str(out), "0")
+    assert run.returncode == 0, run.stderr[-2000:]
+    rates = json.loads(out.read_text())["rates"]
+    assert len(rates[0]) > 5 and rates[0] == rates[1]

@@ -5,6 +5,8 @@ and exit codes end to end, signals) run one; the many flag and checkpoint cases 
 main() in this process through flags.run_main, which is what `python generate.py` runs.
 """
 import importlib.util
+import io
+import json
 import math
 import os
 import random
@@ -262,3 +264,105 @@ def test_signal_during_a_long_generation_stops_it_with_exit_130(tiny_checkpoint,
     assert time.monotonic() - sent < 10
     assert b"Traceback" not in err and err.strip() == b""
     assert len(first) + len(out) < 10_000_000
+
+
+# ---------------------------------------------------------------- issue 11: generation defects
+
+
+def test_prime_starts_the_prompts_text_and_num_samples_is_refused_there(tiny_checkpoint, cli, monkeypatch):
+    """Issue 11 item 2: --prime is fed before the first line; a flag that cannot apply is an error."""
+    answers = {}
+    for prime in ("", "the lazy "):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+        args = ("--prime", prime) if prime else ()
+        code, out, _ = cli("--checkpoint", tiny_checkpoint, "--interactive", "--temperature", 0, "--length", 30, *args)
+        assert code == 0
+        answers[prime] = out.strip()
+    _, plain, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "the lazy ", "--temperature", 0, "--length", 31)
+    assert answers["the lazy "] != answers[""]
+    assert answers["the lazy "] == plain.strip()[len("the lazy "):][:30]  # the prompt continues the prime
+    code, out, err = cli("--checkpoint", tiny_checkpoint, "--interactive", "--num-samples", 2)
+    assert_one_line_error(code, out, err)
+    assert "--num-samples does not apply to --interactive" in err
+
+
+def test_a_stop_string_that_begins_in_the_prime_stops_generation(tiny_checkpoint, cli):
+    """Issue 11 item 3: the first generated character may complete the stop string."""
+    _, greedy, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "the", "--temperature", 0, "--length", 5)
+    first = greedy[len("the")]
+    code, out, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "the", "--temperature", 0, "--length", 5,
+                       "--stop", "e" + first)
+    assert code == 0 and out == "the" + first + "\n"
+
+
+def test_score_reads_the_training_encoding_and_accepts_encoding(tiny_checkpoint, cli, tmp_path):
+    """Issue 11 item 5: --encoding exists for --score; a directory is refused."""
+    ckpt = checkpoint.load(tiny_checkpoint)
+    ckpt["vocab"] = sorted("é" if c == "a" else c for c in ckpt["vocab"])
+    ckpt["train_config"] = {**ckpt["train_config"], "encoding": "latin-1"}
+    latin_model = tmp_path / "latin.pt"
+    checkpoint.save(ckpt, latin_model)
+    path = tmp_path / "latin.txt"
+    path.write_bytes("thé dog.\n".encode("latin-1") * 5)
+    code, out, err = cli("--checkpoint", latin_model, "--score", path)  # the training corpus's encoding
+    assert code == 0 and "over 44 characters" in out, err
+    wide = tmp_path / "wide.txt"
+    wide.write_bytes(("the dog.\n" * 5).encode("utf-16-le"))
+    code, out, err = cli("--checkpoint", tiny_checkpoint, "--score", wide, "--encoding", "utf-16-le")
+    assert code == 0 and "over 44 characters" in out, err
+    code, out, err = cli("--checkpoint", tiny_checkpoint, "--score", tmp_path)
+    assert_one_line_error(code, out, err)
+    assert "is a directory" in err
+
+
+def test_an_output_that_cannot_show_the_text_is_a_one_line_error(tiny_checkpoint, tmp_path):
+    """Issue 11 item 6: PYTHONIOENCODING=ascii and a non-ASCII prime is one line, not a traceback."""
+    ckpt = checkpoint.load(tiny_checkpoint)
+    ckpt["vocab"] = ["中" if c == "a" else c for c in ckpt["vocab"]]
+    ckpt["vocab"] = sorted(ckpt["vocab"])  # a vocabulary with a character ASCII cannot write
+    ckpt["model_config"] = dict(ckpt["model_config"])
+    path = tmp_path / "cjk.pt"
+    checkpoint.save(ckpt, path)
+    done = subprocess.run(command(path, "--prime", "中", "--length", "5"), cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert_one_line_error(done.returncode, "", done.stderr)
+    assert "PYTHONIOENCODING=utf-8" in done.stderr
+
+
+@pytest.mark.parametrize("missing", ["progress", "corpus"])
+def test_info_and_prompt_on_a_checkpoint_without_optional_fields(tiny_checkpoint, cli, tmp_path, monkeypatch,
+                                                                  missing):
+    """Issue 11 item 8: a checkpoint that build_model accepts never gives a KeyError."""
+    ckpt = checkpoint.load(tiny_checkpoint)
+    del ckpt[missing]
+    path = tmp_path / "lean.pt"
+    checkpoint.save(ckpt, path)
+    code, out, err = cli("--checkpoint", path, "--info")
+    assert code == 0 and "Traceback" not in err and "vocabulary" in out
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the\n"))
+    code, out, err = cli("--checkpoint", path, "--interactive", "--length", 5)
+    assert code == 0 and len(out) == 5 + 1
+
+
+# ---------------------------------------------------------------- issue 14: samples to a file
+
+
+def test_output_writes_samples_to_a_file_and_jsonl_records_settings_and_seed(tiny_checkpoint, cli, tmp_path):
+    out_file = tmp_path / "samples.txt"
+    code, out, err = cli("--checkpoint", tiny_checkpoint, "--prime", "the ", "--length", 20, "--num-samples", 3,
+                         "--seed", 4, "--output", out_file)
+    assert code == 0 and out == "" and "wrote 3 samples" in err
+    texts = out_file.read_text().splitlines()
+    assert len(texts) == 3 and all(t.startswith("the ") for t in texts)
+    jsonl = tmp_path / "samples.jsonl"
+    code, _, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "the ", "--length", 20, "--num-samples", 3,
+                     "--output", jsonl, "--format", "jsonl")
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert code == 0 and len(rows) == 3
+    assert all(r["prime"] == "the " and r["length"] == 20 and isinstance(r["seed"], int) for r in rows)
+    again = tmp_path / "again.jsonl"  # the recorded seed makes the same samples
+    cli("--checkpoint", tiny_checkpoint, "--prime", "the ", "--length", 20, "--num-samples", 3,
+        "--output", again, "--format", "jsonl", "--seed", rows[0]["seed"])
+    assert [json.loads(line)["text"] for line in again.read_text().splitlines()] == [r["text"] for r in rows]
+    code, out, err = cli("--checkpoint", tiny_checkpoint, "--format", "jsonl")
+    assert_one_line_error(code, out, err)

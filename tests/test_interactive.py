@@ -291,3 +291,11 @@ def test_terminal_ctrl_c_stops_a_long_generation_and_returns_to_the_prompt(tiny_
     assert t.read_until(b"> ").startswith(b"and")  # the session goes on
     t.write(b"\x04")
     assert t.exit_code() == 0
+
+
+def test_a_stop_string_that_begins_in_the_typed_line_stops_the_answer(trained):
+    """Issue 11 item 3, in the prompt: the line typed and the answer form the text the stop is found in."""
+    first = greedy(trained, "the", 1)
+    session = new_session(trained, temperature=0.0, length=30, stop="e" + first)
+    session.handle("the")
+    assert session.out.getvalue() == first + "\n"

@@ -1,5 +1,6 @@
 """The trainer: learning, exact resume (in-process and through the CLI with SIGINT), stopping on a
 non-finite loss, metrics, the schedule, resume checks, and the train.py command line."""
+import dataclasses
 import importlib.util
 import json
 import math
@@ -43,10 +44,10 @@ def corpus_file(tmp_path: Path, n_chars: int = 4000, name: str = "toy.txt") -> P
     return path
 
 
-def tiny(corpus: Path, run_dir: Path, **kw) -> TrainConfig:
+def tiny(corpus: Path, run_dir: Path | None, **kw) -> TrainConfig:
     base = dict(corpus=str(corpus), model="lstm", rnn_size=16, num_layers=1, embedding_size=8,
                 seq_length=8, batch_size=4, learning_rate=1e-2, warmup_steps=0, max_steps=20,
-                eval_every=10, checkpoint_dir=str(run_dir), threads=1)
+                eval_every=10, checkpoint_dir=run_dir and str(run_dir), threads=1)
     return TrainConfig.from_options(**{**base, **kw})
 
 
@@ -269,3 +270,171 @@ def test_missing_corpus_exits_1_with_one_line(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "missing.txt" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+# -- issue 11: losing work, stopping rules, resume checks -----------------------------------------
+
+def test_a_new_run_never_replaces_or_mixes_with_an_earlier_one(tmp_path, monkeypatch):
+    """Issue 11 item 1: the default folder moves on; a named one is refused; --overwrite replaces it."""
+    monkeypatch.chdir(tmp_path)
+    corpus = corpus_file(tmp_path, 700, name="mytext.txt")
+    first = train(tiny(corpus, None, max_steps=4, eval_every=2))
+    assert first["checkpoint_dir"] == str(Path("checkpoints") / "mytext")
+    before = (tmp_path / "checkpoints" / "mytext" / "best.pt").read_bytes()
+    second = train(tiny(corpus, None, max_steps=2, eval_every=2))
+    assert second["checkpoint_dir"] == str(Path("checkpoints") / "mytext-2")
+    assert (tmp_path / "checkpoints" / "mytext" / "best.pt").read_bytes() == before
+    named = tmp_path / "checkpoints" / "mytext"
+    with pytest.raises(CharRNNError, match="--resume .*--overwrite"):
+        train(tiny(corpus, named, max_steps=2))
+    assert (named / "best.pt").read_bytes() == before
+    train(tiny(corpus, named, max_steps=3, eval_every=10, sample_length=0), overwrite=True)
+    assert checkpoint.load(named / "best.pt")["progress"]["step"] == 3  # no file of the old run is left
+    assert [json.loads(r)["step"] for r in (named / "metrics.jsonl").read_text().splitlines()] == [3]
+
+
+def test_a_folder_with_the_files_of_a_run_stopped_before_its_first_checkpoint_is_reused_clean(tmp_path):
+    """Issue 11 item 1: stale logs of a run that saved nothing are not mixed into the new run."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"step": 999, "val_loss": 9}\n')
+    (run_dir / "notes.txt").write_text("mine")
+    train(tiny(corpus_file(tmp_path), run_dir, max_steps=2, eval_every=2))
+    assert [json.loads(r)["step"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()] == [2]
+    assert (run_dir / "notes.txt").read_text() == "mine"  # not a run's file: left alone
+
+
+def test_a_time_budget_run_stops_at_the_evaluation_that_spends_the_budget(tmp_path, monkeypatch):
+    """Issue 11 item 11: no extra step and no second evaluation once an evaluation passes the budget."""
+    clock = iter(range(10**6))  # every reading of the clock is one second later
+    monkeypatch.setattr("charrnn.trainer.time.perf_counter", lambda: float(next(clock)))
+    run_dir = tmp_path / "run"
+    summary = train(tiny(corpus_file(tmp_path), run_dir, max_steps=None, time_budget=10.0, eval_every=3,
+                         sample_length=0))
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val_loss" in r]
+    assert evals[-1]["step"] == summary["step"]
+    assert [r["elapsed"] >= 10 for r in evals].count(True) == 1
+
+
+def test_resuming_a_finished_run_says_why_nothing_trains_and_writes_no_nan(tmp_path, capsys):
+    """Issue 11 item 12: no NaN row in metrics.jsonl, and a reason when 0 steps are trained."""
+    run_dir = tmp_path / "run"
+    train(tiny(corpus_file(tmp_path), run_dir, max_steps=4, eval_every=2))
+    before = (run_dir / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    summary = train(TrainConfig(), resume=str(run_dir), overrides={})
+    assert summary["step"] == 4
+    assert "nothing to train" in capsys.readouterr().out
+    assert (run_dir / "metrics.jsonl").read_text() == before and "NaN" not in before
+
+
+def test_resume_after_the_corpus_changed_with_the_same_vocabulary_is_refused(tmp_path):
+    """Issue 11 item 13: more than the vocabulary is checked (length and a hash of the text)."""
+    corpus = corpus_file(tmp_path, 1000)
+    train(tiny(corpus, tmp_path / "run", max_steps=2, eval_every=2))
+    corpus.write_text(make_text(3000), encoding="utf-8")  # same characters, a different text
+    with pytest.raises(CharRNNError, match="corpus has changed"):
+        train(TrainConfig(), resume=str(tmp_path / "run"), overrides={"max_steps": 4})
+
+
+def test_resume_accepts_the_corpus_flag_given_as_a_relative_path(tmp_path, monkeypatch):
+    """Issue 11 item 14: --corpus c.txt from the corpus's folder matches the saved absolute path."""
+    corpus = corpus_file(tmp_path, 700, name="c.txt")
+    train(tiny(corpus, tmp_path / "run", max_steps=2, eval_every=2))
+    monkeypatch.chdir(tmp_path)
+    summary = train(TrainConfig(), resume="run", overrides={"corpus": "c.txt", "max_steps": 3})
+    assert summary["step"] == 3
+
+
+def test_help_says_when_the_same_seed_gives_the_same_run(capsys):
+    """Issue 11 item 15: the claim is made only where it holds (not with a time budget)."""
+    with pytest.raises(SystemExit):
+        load_cli().build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "with --max-steps or --max-epochs the same seed gives the same run on CPU" in text
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("2min", 120), ("10m", 600), ("1.5h", 5400),
+                                           ("1h30m", 5400), ("45", 45)])
+def test_time_budget_takes_the_usual_spellings(text, seconds):
+    """Issue 11 item 19: 2min is a duration."""
+    assert load_cli().build_parser().parse_args(["--time-budget", text]).time_budget == seconds
+
+
+# -- issue 12: a trainer handed its parts; a start without torch ----------------------------------
+
+def test_a_trainer_is_built_from_parts_without_a_corpus(tmp_path):
+    import numpy as np
+
+    from charrnn.data import StreamBatches
+    from charrnn.model import CharRNN
+    from charrnn.runs import RunDir
+    from charrnn.vocab import Vocab
+
+    config = TrainConfig.from_options(rnn_size=16, num_layers=1, embedding_size=8, seq_length=8, batch_size=4,
+                                      max_steps=3, eval_every=3, sample_length=10, log_every=1)
+    tokens = np.random.default_rng(0).integers(0, 5, 2000).astype(np.uint8)
+    model = CharRNN(dataclasses.replace(config.model, vocab_size=5))
+    trainer = Trainer(config, model, torch.optim.AdamW(model.parameters()), StreamBatches(tokens, 4, 8),
+                      tokens[:200], Vocab(list("abcde")), RunDir(tmp_path / "run"))
+    summary = trainer.run(progress_bar=False)
+    assert summary["step"] == 3 and (tmp_path / "run" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("script", ["train.py", "generate.py"])
+def test_help_and_flag_errors_answer_before_torch_is_imported(script):
+    probe = ("import runpy, sys\nsys.argv = [{s!r}] + sys.argv[1:]\n"
+             "try:\n    runpy.run_path({s!r}, run_name='__main__')\n"
+             "finally:\n    print('torch' in sys.modules, file=sys.stderr)\n").format(s=str(REPO / script))
+    for args in (["--help"], ["--length" if script == "generate.py" else "--rnn-size", "0"]):
+        done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode in (0, 2) and done.stderr.strip().endswith("False"), done.stderr
+
+
+# -- issue 13: evaluation that does not grow with the corpus ---------------------------------------
+
+def test_evaluation_scores_a_fixed_bounded_part_of_the_validation_split(tmp_path, capsys):
+    config = tiny(corpus_file(tmp_path, 4000), tmp_path / "run", val_frac=0.5, eval_chars=300, max_steps=2)
+    trainer = build_trainer(config)
+    assert len(trainer.val_tokens) == 300
+    assert "the first 300 of the 2,000 validation chars" in capsys.readouterr().out
+    assert len(build_trainer(dataclasses.replace(config, eval_chars=0)).val_tokens) == 2000
+
+
+# -- issue 14: samples, logs and checkpoint history while training --------------------------------
+
+def test_each_evaluation_prints_a_sample_and_keeps_it_in_samples_jsonl(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    train(tiny(corpus_file(tmp_path), run_dir, max_steps=4, eval_every=2, sample_length=30, sample_prime="the "))
+    rows = [json.loads(r) for r in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(r["text"].startswith("the ") and len(r["text"]) == 34 for r in rows)
+    out = capsys.readouterr().out
+    assert rows[-1]["text"].splitlines()[0] in out
+
+
+def test_training_loss_is_logged_between_evaluations(tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny(corpus_file(tmp_path), run_dir, max_steps=6, eval_every=6, log_every=2, sample_length=0))
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_loss" not in r] == [2, 4, 6]
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_keep_checkpoints_keeps_the_last_n_evaluations(tmp_path):
+    run_dir = tmp_path / "run"
+    train(tiny(corpus_file(tmp_path), run_dir, max_steps=8, eval_every=2, keep_checkpoints=2, sample_length=0))
+    assert sorted(p.name for p in run_dir.glob("step_*.pt")) == ["step_000006.pt", "step_000008.pt"]
+    assert checkpoint.load(run_dir / "step_000006.pt")["progress"]["step"] == 6
+
+
+def test_a_short_time_budget_run_evaluates_before_its_end(tmp_path, monkeypatch):
+    """Evaluations come at least every quarter of a time budget, whatever --eval-every says."""
+    clock = iter(range(10**6))
+    monkeypatch.setattr("charrnn.trainer.time.perf_counter", lambda: float(next(clock)) * 0.5)
+    run_dir = tmp_path / "run"
+    train(tiny(corpus_file(tmp_path), run_dir, max_steps=None, time_budget=120.0, eval_every=10**6,
+               sample_length=0))
+    evals = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len([r for r in evals if "val_loss" in r]) >= 4
