@@ -1,0 +1,135 @@
+"""`python generate.py` and `charrnn-generate`: sample, score, prompt or export a checkpoint. Flags in, the package does the work."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+from charrnn import flags
+from charrnn.config import DEVICES, POSITIVE_INT, THREADS, SampleConfig
+from charrnn.errors import CharRNNError
+
+# What each mode does not use: giving one of these flags with it is an error, not silently ignored.
+NOT_WITH = {
+    "info": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples", "output",
+             "skip_unknown", "score", "interactive", "export_web"},
+    "score": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples", "output",
+              "interactive", "export_web"},
+    "export_web": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples",
+                   "output", "interactive", "skip_unknown"},
+    "interactive": {"num_samples", "output"},
+}
+NEEDS = {"format": "output", "encoding": "score", "export_dtype": "export_web"}
+
+
+def build_parser() -> flags.Parser:
+    p = flags.Parser(description="Sample text from a charrnn checkpoint, score a text under it, open an "
+                     "interactive prompt, or export it as a web page.")
+    p.add_argument("--checkpoint", help="a .pt file, or a run folder (its best.pt). Default: the run "
+                   "under checkpoints/ written most recently")
+    p.add_argument("--prime", help="text that starts the output and warms up the model's state (with "
+                   "--interactive: the start of the prompt's text)")
+    flags.add_options(p, SampleConfig, ["length", "temperature", "top_k", "top_p", "stop", "seed"])
+    p.add_argument("--num-samples", type=flags.checked(int, POSITIVE_INT),
+                   help="generate this many samples together, as one batch (default 1)")
+    p.add_argument("--skip-unknown", action="store_true", default=None,
+                   help="drop prime characters the model has never seen instead of stopping with an error")
+    p.add_argument("--output", metavar="FILE", help="write the samples to FILE instead of the terminal: one "
+                   "after another, or JSON lines with --format jsonl")
+    p.add_argument("--format", choices=["text", "jsonl"], help="for --output: text (default), or one JSON "
+                   "object per sample with its settings and seed")
+    g = p.add_argument_group("other modes")
+    g.add_argument("--interactive", action="store_true", default=None, help="open a prompt: each line you "
+                   "type is continued by the model (:help lists its commands)")
+    g.add_argument("--info", action="store_true", default=None, help="print the checkpoint's summary and exit")
+    g.add_argument("--score", metavar="FILE", help="print the loss of the text file FILE under the model in "
+                   "nats and bits per character (the whole file as one stream, state carried) and exit")
+    g.add_argument("--encoding", help="the encoding of the --score file (default: the training corpus's)")
+    g.add_argument("--export-web", metavar="DIR", help="write a web page that runs the model in the "
+                   "browser (DIR/index.html, works offline from disk) and exit")
+    g.add_argument("--export-dtype", choices=["float32", "float16"], help="weights of the web page: "
+                   "float32 (default) or float16, half the size")
+    g = p.add_argument_group("where")
+    g.add_argument("--device", choices=DEVICES, help="where to run (default cpu: fastest for one "
+                   "character at a time)")
+    g.add_argument("--threads", type=flags.checked(int, THREADS), help="CPU threads (default: all cores)")
+    return p
+
+
+def main() -> int:
+    args = flags.given(build_parser().parse_args())
+    modes = [m for m in NOT_WITH if m in args]
+    for mode in modes:
+        clash = sorted(NOT_WITH[mode] & args.keys())
+        if clash:
+            raise CharRNNError(f"--{clash[0].replace('_', '-')} does not apply to --{mode.replace('_', '-')}; "
+                               "drop one of them")
+    for name, needed in NEEDS.items():
+        if name in args and needed not in args:
+            raise CharRNNError(f"--{name.replace('_', '-')} goes with --{needed.replace('_', '-')}; "
+                               f"add --{needed.replace('_', '-')} or drop it")
+    sample = SampleConfig(**{k: args[k] for k in ("length", "temperature", "top_k", "top_p", "stop", "seed")
+                             if k in args})  # checked before torch is imported
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop output at once, like Ctrl-C
+    import charrnn
+    from charrnn.device import set_threads
+
+    set_threads(args.get("threads"))
+    model = charrnn.load(args.get("checkpoint"), args.get("device", "cpu"))
+    if "checkpoint" not in args:
+        print(f"using {model.path}", file=sys.stderr)
+    if "info" in args:
+        print(model.describe())
+    elif "score" in args:
+        score = model.score_file(args["score"], args.get("encoding"), bool(args.get("skip_unknown")))
+        print(f"{args['score']}: {score.nats:.4f} nats/char, {score.bits:.4f} bits/char over {score.chars:,} characters")
+    elif "export_web" in args:
+        index = model.export_web(args["export_web"], args.get("export_dtype", "float32"))
+        print(f"wrote {index}; open it in a browser (it works offline, from disk)")
+    elif "interactive" in args:
+        from charrnn import interactive
+
+        session = interactive.Session(model.net, model.vocab, sample, model.describe(), sys.stdout,
+                                      bool(args.get("skip_unknown")), args.get("prime", ""))
+        interactive.run(session)
+    else:
+        write_samples(model, sample, args)
+    return 0
+
+
+def write_samples(model, sample: SampleConfig, args: dict) -> None:
+    """Stream one sample to the terminal, print several, or write them to --output."""
+    import numpy as np
+
+    from charrnn.files import write_text
+    from charrnn.sample import Streamer, generate
+
+    prime, skip = args.get("prime", ""), bool(args.get("skip_unknown"))
+    shown = model.seen_prime(prime, skip)  # what the model reads: checked before any output
+    n = args.get("num_samples", 1)
+    if "output" in args:  # a seed for every file, so that each sample can be made again
+        sample = SampleConfig(**{**sample.__dict__, "seed": sample.seed if sample.seed is not None
+                                 else int(np.random.SeedSequence().entropy % 2**63)})
+    if n == 1 and "output" not in args:
+        sys.stdout.write(shown)
+        generate(model.net, model.vocab, sample, prime, on_text=Streamer(sys.stdout), skip_unknown=skip)
+        print()
+        return
+    texts, _ = generate(model.net, model.vocab, sample, prime, num_samples=n, skip_unknown=skip)
+    if "output" not in args:
+        for i, text in enumerate(texts, 1):
+            print(f"--- sample {i} ---\n{shown}{text}")
+    elif args.get("format") == "jsonl":
+        rows = [{"sample": i, "text": shown + t, **sample.__dict__, "prime": shown,
+                 "checkpoint": str(model.path)} for i, t in enumerate(texts)]
+        write_text(Path(args["output"]), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    else:
+        write_text(Path(args["output"]), "".join(shown + t + "\n" for t in texts))
+    if "output" in args:
+        print(f"wrote {n} sample{'s' * (n > 1)} to {args['output']}", file=sys.stderr)
+
+
+def run() -> None:
+    """The console script's entry point."""
+    flags.run_main(main)
