@@ -1,0 +1,717 @@
+"use strict";
+/*
+ * charrnn in the browser: the model exported into model.js, run one character at a time in plain
+ * JavaScript. No server, no network, no libraries.
+ *
+ * What other code relies on (tests/test_web.py, bench/web_speed.py):
+ *  - #output: its textContent is exactly the prime plus the generated characters.
+ *  - #output[data-state]: "running" while generating, then "done", or "stopped" (Stop button),
+ *    or "error" (bad settings). #output[data-chars-per-sec]: speed of the last generation.
+ *  - body[data-model]: "ready" once the weights are decoded, "error" if they could not be.
+ *  - #score-total[data-bpc] and #neuron-status[data-state="done"] when those views finish.
+ *  - URL query: prime, temperature, top_k, top_p, length, seed fill the controls, view=score or
+ *    view=neurons opens that view, run=1 generates at once.
+ *
+ * Numbers: weights are stored as Float32Array, every sum and state is a float64 Number, so the
+ * page computes the same function as PyTorch to far better than the 0.001 bits/char it must match.
+ */
+
+// ---------------------------------------------------------------------------------------------
+// Reading model.js (written by charrnn/web.py): base85 text -> raw deflate -> byte planes -> floats
+
+const BASE85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~";
+
+/** Python's base64.b85encode, undone: 5 characters -> one big-endian 32-bit group. */
+function base85Decode(text, length) {
+  const digit = new Uint8Array(128);
+  for (let i = 0; i < BASE85.length; i++) digit[BASE85.charCodeAt(i)] = i;
+  const bytes = new Uint8Array((text.length / 5) * 4);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0, o = 0; i < text.length; i += 5, o += 4) {
+    let n = 0;
+    for (let j = 0; j < 5; j++) n = n * 85 + digit[text.charCodeAt(i + j)];
+    view.setUint32(o, n);
+  }
+  return bytes.subarray(0, length); // the exporter padded to whole groups
+}
+
+/** The browser's own inflater: no JavaScript zlib needed. */
+async function inflateRaw(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate-raw"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+/** Undo the byte-plane shuffle: plane b holds byte b of every value, in order. */
+function unshuffle(planes, itemSize) {
+  const count = planes.length / itemSize;
+  const bytes = new Uint8Array(planes.length);
+  for (let b = 0; b < itemSize; b++) {
+    for (let i = 0, at = b * count; i < count; i++) bytes[i * itemSize + b] = planes[at + i];
+  }
+  return bytes;
+}
+
+/** IEEE half precision bits -> Number (exact). */
+function halfToNumber(bits) {
+  const sign = bits & 0x8000 ? -1 : 1;
+  const exponent = (bits >> 10) & 0x1f;
+  const fraction = bits & 0x3ff;
+  if (exponent === 0) return sign * fraction * 2 ** -24; // subnormal
+  if (exponent === 31) return fraction ? NaN : sign * Infinity;
+  return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
+}
+
+/** Little-endian float32 or float16 bytes -> Float32Array (DataView: right on any byte order). */
+function toFloats(bytes, dtype) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const size = dtype === "float16" ? 2 : 4;
+  const out = new Float32Array(bytes.length / size);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = size === 2 ? halfToNumber(view.getUint16(2 * i, true)) : view.getFloat32(4 * i, true);
+  }
+  return out;
+}
+
+async function loadModel(spec) {
+  if (typeof DecompressionStream === "undefined") {
+    throw new Error("this browser lacks DecompressionStream; open the page in a current Chrome, Firefox or Safari");
+  }
+  const itemSize = spec.dtype === "float16" ? 2 : 4;
+  const planes = await inflateRaw(base85Decode(spec.data, spec.bytes));
+  const values = toFloats(unshuffle(planes, itemSize), spec.dtype);
+  const tensors = {};
+  let offset = 0;
+  for (const { name, shape } of spec.tensors) {
+    const size = shape.reduce((a, b) => a * b, 1);
+    tensors[name] = values.subarray(offset, offset + size);
+    offset += size;
+  }
+  return new CharModel(spec.config, spec.vocab, tensors);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The network: embedding lookup -> stacked RNN/LSTM/GRU -> linear head, in PyTorch's weight layout
+
+/**
+ * W (rows x cols, row-major) times x, plus b: one layer's gate blocks, or the head. Four running
+ * sums rather than one: the CPU overlaps them, which makes the whole page about 1.5x faster.
+ */
+function affine(W, b, x) {
+  const rows = b.length, cols = x.length;
+  const out = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    const at = r * cols;
+    let s0 = 0, s1 = 0, s2 = 0, s3 = 0, j = 0;
+    for (; j + 3 < cols; j += 4) {
+      s0 += W[at + j] * x[j];
+      s1 += W[at + j + 1] * x[j + 1];
+      s2 += W[at + j + 2] * x[j + 2];
+      s3 += W[at + j + 3] * x[j + 3];
+    }
+    for (; j < cols; j++) s0 += W[at + j] * x[j];
+    out[r] = b[r] + (s0 + s1 + s2 + s3);
+  }
+  return out;
+}
+
+const sigmoid = (v) => 1 / (1 + Math.exp(-v));
+
+/** nn.LSTM, gate blocks i, f, g, o: c' = f c + i g, h' = o tanh(c'). gi = W_ih x + b_ih, gh = W_hh h + b_hh. */
+function lstmCell(gi, gh, c, H) {
+  const hNew = new Float64Array(H), cNew = new Float64Array(H);
+  for (let j = 0; j < H; j++) {
+    const i = sigmoid(gi[j] + gh[j]);
+    const f = sigmoid(gi[H + j] + gh[H + j]);
+    const g = Math.tanh(gi[2 * H + j] + gh[2 * H + j]);
+    const o = sigmoid(gi[3 * H + j] + gh[3 * H + j]);
+    cNew[j] = f * c[j] + i * g;
+    hNew[j] = o * Math.tanh(cNew[j]);
+  }
+  return [hNew, cNew];
+}
+
+/** nn.GRU, blocks r, z, n: n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h. */
+function gruCell(gi, gh, h, H) {
+  const hNew = new Float64Array(H);
+  for (let j = 0; j < H; j++) {
+    const r = sigmoid(gi[j] + gh[j]);
+    const z = sigmoid(gi[H + j] + gh[H + j]);
+    const n = Math.tanh(gi[2 * H + j] + r * gh[2 * H + j]);
+    hNew[j] = (1 - z) * n + z * h[j];
+  }
+  return hNew;
+}
+
+/** nn.RNN (tanh): h' = tanh(W_ih x + b_ih + W_hh h + b_hh). */
+function rnnCell(gi, gh, H) {
+  const hNew = new Float64Array(H);
+  for (let j = 0; j < H; j++) hNew[j] = Math.tanh(gi[j] + gh[j]);
+  return hNew;
+}
+
+class CharModel {
+  constructor(config, vocab, tensors) {
+    this.cell = config.model;
+    this.numLayers = config.num_layers;
+    this.hidden = config.rnn_size;
+    this.embeddingSize = config.embedding_size;
+    this.vocab = vocab;
+    this.index = new Map(vocab.map((c, i) => [c, i]));
+    this.embed = tensors["embed.weight"];
+    this.layers = [];
+    for (let k = 0; k < this.numLayers; k++) {
+      this.layers.push({
+        wIh: tensors[`rnn.weight_ih_l${k}`], bIh: tensors[`rnn.bias_ih_l${k}`],
+        wHh: tensors[`rnn.weight_hh_l${k}`], bHh: tensors[`rnn.bias_hh_l${k}`],
+      });
+    }
+    this.headW = tensors["head.weight"];
+    this.headB = tensors["head.bias"];
+  }
+
+  /** A state per layer: h, and c for an LSTM; all zeros, like PyTorch's default. */
+  zeroState() {
+    const zeros = () => Array.from({ length: this.numLayers }, () => new Float64Array(this.hidden));
+    return { h: zeros(), c: this.cell === "lstm" ? zeros() : null };
+  }
+
+  /** Read one character (its index): returns the logits for the next one and the new state. */
+  step(state, index) {
+    const H = this.hidden, E = this.embeddingSize;
+    // a Float64Array like every other input, so affine() stays one fast, monomorphic loop
+    let x = Float64Array.from(this.embed.subarray(index * E, (index + 1) * E));
+    const next = { h: [], c: this.cell === "lstm" ? [] : null };
+    this.layers.forEach(({ wIh, bIh, wHh, bHh }, k) => {
+      const gi = affine(wIh, bIh, x);
+      const gh = affine(wHh, bHh, state.h[k]);
+      if (this.cell === "lstm") {
+        const [h, c] = lstmCell(gi, gh, state.c[k], H);
+        next.h.push(h);
+        next.c.push(c);
+      } else {
+        next.h.push(this.cell === "gru" ? gruCell(gi, gh, state.h[k], H) : rnnCell(gi, gh, H));
+      }
+      x = next.h[k]; // dropout between layers and before the head is off at inference
+    });
+    return { logits: affine(this.headW, this.headB, x), state: next };
+  }
+
+  /** What generate.py feeds first: the prime's characters, or a newline (else index 0) for none. */
+  startIndices(prime) {
+    const known = Array.from(prime, (c) => this.index.get(c)).filter((i) => i !== undefined);
+    if (known.length) return known;
+    return [this.index.has("\n") ? this.index.get("\n") : 0];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probabilities and sampling
+
+function softmax(logits) {
+  const max = logits.reduce((a, b) => Math.max(a, b), -Infinity); // no spread: vocabularies can be large
+  const p = logits.map((v) => Math.exp(v - max));
+  const total = p.reduce((a, b) => a + b, 0);
+  return p.map((v) => v / total);
+}
+
+/** The k likeliest characters: [[index, probability], ...], likeliest first. */
+function topCandidates(probs, k = 5) {
+  return Array.from(probs.keys()).sort((a, b) => probs[b] - probs[a] || a - b).slice(0, k)
+    .map((i) => [i, probs[i]]);
+}
+
+function argmax(values) {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i; // first of ties, like numpy
+  return best;
+}
+
+/** mulberry32: a tiny seeded PRNG, so the same seed gives the same text in every browser. */
+function mulberry32(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(a ^ (a >>> 15), a | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * The next character: greedy at temperature 0, else a draw from softmax(logits / temperature)
+ * over the top-k characters, then over the likeliest whose probabilities first reach top-p
+ * (the same rules as charrnn.sample.filter_logits).
+ */
+function pickNext(logits, { temperature, topK, topP }, random) {
+  if (temperature === 0) return argmax(logits);
+  let order = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b);
+  if (topK) order = order.slice(0, topK);
+  let weights = order.map((i) => Math.exp((logits[i] - logits[order[0]]) / temperature));
+  if (topP && topP < 1) {
+    const total = weights.reduce((a, b) => a + b, 0);
+    let before = 0, keep = weights.length;
+    for (let n = 1; n < weights.length; n++) {
+      before += weights[n - 1];
+      if (before >= topP * total) { keep = n; break; } // those more likely already reach top-p
+    }
+    order = order.slice(0, keep);
+    weights = weights.slice(0, keep);
+  }
+  let u = random() * weights.reduce((a, b) => a + b, 0);
+  for (let n = 0; n < order.length; n++) {
+    u -= weights[n];
+    if (u < 0) return order[n];
+  }
+  return order[order.length - 1]; // u landed on the rounding error of the sum
+}
+
+/**
+ * Give the browser a turn (paint, clicks on Stop) between slices of work. A timer, not
+ * scheduler.yield(): that one's continuation may run ahead of the waiting clicks.
+ */
+function yieldToBrowser() {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+const SLICE_MS = 30; // work this long between yields: smooth output, little overhead
+
+// ---------------------------------------------------------------------------------------------
+// Showing text: one span per character, shaded; pointing, tapping or arrow keys show details
+
+const $ = (id) => document.getElementById(id);
+const visible = (c) => ({ " ": "␣", "\n": "↵", "\t": "⇥" })[c] ?? c;
+const percent = (p) => `${(100 * p).toFixed(p >= 0.995 || p < 0.001 ? 0 : 1)}%`;
+
+/** A span for one character; data-i points into the records its view keeps for the details. */
+function charSpan(char, record, shade) {
+  const span = document.createElement("span");
+  span.textContent = char;
+  if (char === "\n") span.className = "nl"; // CSS draws a faint ↵ so line ends can be shaded too
+  if (record !== undefined) span.dataset.i = record;
+  if (shade) span.style.backgroundColor = shade;
+  return span;
+}
+
+const surpriseShade = (amount) => `hsl(24 95% 55% / ${(0.85 * Math.min(1, amount)).toFixed(3)})`;
+
+/** The details panel: the model's five likeliest characters at one place, as small bars. */
+function showCandidates(info, title, candidates, chosen, vocab) {
+  info.replaceChildren();
+  const heading = document.createElement("p");
+  heading.textContent = title;
+  info.append(heading);
+  const list = document.createElement("ol");
+  for (const [i, p] of candidates) {
+    const item = document.createElement("li");
+    if (i === chosen) item.className = "chosen";
+    const label = document.createElement("code");
+    label.textContent = visible(vocab[i]);
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${(100 * p).toFixed(1)}%`;
+    const value = document.createElement("span");
+    value.textContent = percent(p);
+    const track = document.createElement("span");
+    track.className = "track";
+    track.append(bar);
+    item.append(label, track, value);
+    list.append(item);
+  }
+  info.append(list);
+}
+
+/** Make a text box explorable: pointer over, tap, or focus and arrow keys select a character. */
+function makeInspectable(box, onSelect) {
+  let current = null;
+  const select = (span) => {
+    if (!span) return;
+    current?.classList.remove("current");
+    current = span;
+    span.classList.add("current");
+    onSelect(Number(span.dataset.i));
+  };
+  const spanAt = (target) => target.closest?.("span[data-i]");
+  box.addEventListener("pointerover", (e) => select(spanAt(e.target)));
+  box.addEventListener("click", (e) => select(spanAt(e.target)));
+  box.addEventListener("focus", () => select(current?.isConnected ? current : box.querySelector("span[data-i]")));
+  box.addEventListener("keydown", (e) => {
+    const step = { ArrowRight: "nextElementSibling", ArrowLeft: "previousElementSibling" }[e.key];
+    let span = null;
+    if (step) {
+      for (span = current?.[step]; span && !span.dataset.i; span = span[step]);
+    } else if (e.key === "Home" || e.key === "End") {
+      const all = box.querySelectorAll("span[data-i]");
+      span = all[e.key === "Home" ? 0 : all.length - 1];
+    } else return;
+    e.preventDefault();
+    select(span);
+    span?.scrollIntoView({ block: "nearest" });
+  });
+}
+
+/** One job per view: starting another, or Stop, ends the one running. */
+const jobs = {};
+function startJob(view) {
+  if (jobs[view]) jobs[view].stopped = true;
+  return (jobs[view] = { stopped: false });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Write
+
+const SETTINGS = ["prime", "temperature", "top_k", "top_p", "length", "seed"];
+
+/** The write controls as numbers; throws an Error that says what to fix. */
+function readSettings() {
+  const number = (id) => ($(id).value.trim() === "" ? null : Number($(id).value));
+  const s = { prime: $("prime").value, temperature: number("temperature") ?? 0.8, topK: number("top_k"),
+    topP: number("top_p"), length: number("length") ?? 500, seed: number("seed") };
+  if (!(s.temperature >= 0 && Number.isFinite(s.temperature))) throw new Error("temperature must be a number >= 0");
+  const whole = (v, min) => v === null || (Number.isInteger(v) && v >= min);
+  if (!whole(s.topK, 1)) throw new Error("top-k must be a whole number >= 1");
+  if (s.topP !== null && !(s.topP > 0 && s.topP <= 1)) throw new Error("top-p must be in (0, 1]");
+  if (!whole(s.length, 1)) throw new Error("length must be a whole number >= 1");
+  if (!whole(s.seed, 0)) throw new Error("seed must be a whole number >= 0");
+  return s;
+}
+
+/** The link that opens this page with the current settings and generates at once. */
+function updateShareLink() {
+  const query = new URLSearchParams();
+  for (const id of SETTINGS) if ($(id).value !== "") query.set(id, $(id).value);
+  query.set("run", "1");
+  $("share").href = `?${query}`;
+}
+
+/**
+ * Continue `prime` by `length` characters, calling onChar(char, record) for each, where record
+ * = {p, top}: the probability the model gave the character and its five likeliest. Yields to
+ * the browser between slices; returns false if the job was stopped.
+ */
+async function sample(model, s, job, onChar, onSlice = () => {}) {
+  const random = mulberry32(s.seed);
+  let state = model.zeroState(), logits;
+  for (const index of model.startIndices(s.prime)) ({ logits, state } = model.step(state, index));
+  let sliceStart = performance.now();
+  for (let t = 0; t < s.length; t++) {
+    const next = pickNext(logits, s, random);
+    const probs = softmax(logits);
+    onChar(model.vocab[next], { p: probs[next], top: topCandidates(probs), chosen: next });
+    if (t === s.length - 1) break;
+    ({ logits, state } = model.step(state, next));
+    if (performance.now() - sliceStart > SLICE_MS) {
+      onSlice();
+      await yieldToBrowser();
+      if (job.stopped) return false;
+      sliceStart = performance.now();
+    }
+  }
+  onSlice();
+  return true;
+}
+
+async function generate(model) {
+  const output = $("output"), status = $("write-status");
+  const job = startJob("write");
+  let s;
+  try {
+    s = readSettings();
+  } catch (e) {
+    status.textContent = e.message;
+    output.dataset.state = "error";
+    return;
+  }
+  const seedGiven = s.seed !== null;
+  if (!seedGiven) s.seed = Math.floor(Math.random() * 2 ** 32);
+  const records = [];
+  output.records = records;
+  output.replaceChildren();
+  const prime = document.createElement("span");
+  prime.className = "prime";
+  prime.textContent = s.prime;
+  output.append(prime);
+  output.dataset.state = "running";
+  $("stop").disabled = false;
+  status.textContent = "Generating…";
+  const unknown = Array.from(s.prime).filter((c) => !model.index.has(c));
+  let pending = document.createDocumentFragment();
+  const start = performance.now();
+  const finished = await sample(model, s, job, (char, record) => {
+    pending.append(charSpan(char, records.push(record) - 1, surpriseShade(1 - record.p)));
+  }, () => {
+    output.append(pending); // one DOM update per slice, not per character
+    pending = document.createDocumentFragment();
+  });
+  if (jobs.write !== job) return; // a newer generation took over
+  const seconds = (performance.now() - start) / 1000;
+  output.dataset.charsPerSec = Math.round(records.length / seconds);
+  output.dataset.state = finished ? "done" : "stopped";
+  $("stop").disabled = true;
+  status.textContent = `${finished ? "Generated" : "Stopped after"} ${records.length.toLocaleString()} characters` +
+    ` in ${seconds.toFixed(1)} s (${output.dataset.charsPerSec} chars/s), seed ${s.seed}` +
+    (seedGiven ? "" : " (chosen at random)") +
+    (unknown.length ? `; the prime's ${unknown.length} characters unknown to the model were skipped` : "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Score: every character's surprisal, -log2 p(character | all before it), like generate.py --score
+
+async function score(model) {
+  const job = startJob("score");
+  const text = $("score-text").value, box = $("score-output"), total = $("score-total");
+  const chars = Array.from(text); // by code point, like Python's str
+  box.replaceChildren();
+  box.records = [];
+  delete total.dataset.bpc;
+  let state = model.zeroState(), logits = null, nats = 0, count = 0, skipped = 0;
+  let sliceStart = performance.now(), pending = document.createDocumentFragment();
+  for (const char of chars) {
+    const index = model.index.get(char);
+    if (index === undefined) { // like --skip-unknown: shown, not read
+      skipped++;
+      pending.append(Object.assign(charSpan(char), { className: "unknown", title: "not in the vocabulary" }));
+      continue;
+    }
+    if (logits === null) { // the first character is only read
+      pending.append(charSpan(char));
+    } else {
+      const probs = softmax(logits);
+      const bits = -Math.log2(probs[index]);
+      nats += -Math.log(probs[index]);
+      count++;
+      const record = box.records.push({ p: probs[index], bits, top: topCandidates(probs), chosen: index }) - 1;
+      pending.append(charSpan(char, record, surpriseShade(bits / 8)));
+    }
+    ({ logits, state } = model.step(state, index));
+    if (performance.now() - sliceStart > SLICE_MS) {
+      box.append(pending);
+      pending = document.createDocumentFragment();
+      total.textContent = `Scoring… ${count.toLocaleString()} of ${chars.length.toLocaleString()} characters`;
+      await yieldToBrowser();
+      if (job.stopped) return;
+      sliceStart = performance.now();
+    }
+  }
+  box.append(pending);
+  if (count === 0) {
+    total.textContent = "Give at least 2 characters the model knows.";
+    return;
+  }
+  const bpc = nats / count / Math.LN2;
+  total.dataset.bpc = bpc;
+  total.textContent = `${bpc.toFixed(4)} bits/char (${(nats / count).toFixed(4)} nats/char) over ` +
+    `${count.toLocaleString()} characters` + (skipped ? `; ${skipped} unknown characters skipped` : "");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Neurons: one hidden unit's output over a text, and the units that track simple features
+
+/** Features of the text after each character, computed here so users need not guess. */
+function textFeatures(chars) {
+  const quote = [], bracket = [], column = [], lineStart = [];
+  let inQuote = false, depth = 0, col = 0;
+  for (const c of chars) {
+    if (c === '"') inQuote = !inQuote;
+    if ("([{".includes(c)) depth++;
+    if (")]}".includes(c)) depth = Math.max(0, depth - 1);
+    col = c === "\n" ? 0 : col + 1;
+    quote.push(inQuote || c === '"' ? 1 : 0); // the quotes themselves count as inside
+    bracket.push(depth > 0 || ")]}".includes(c) ? 1 : 0);
+    column.push(col);
+    lineStart.push(c === "\n" ? 1 : 0); // the state right after a newline
+  }
+  return [["inside double quotes", quote], ["inside brackets or parentheses", bracket],
+    ["position in the line", column], ["right after a newline", lineStart]];
+}
+
+/** Pearson correlation; null when either side does not vary. */
+function correlation(xs, ys) {
+  const n = xs.length;
+  let mx = 0, my = 0;
+  for (let i = 0; i < n; i++) { mx += xs[i]; my += ys[i]; }
+  mx /= n; my /= n;
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; i++) {
+    const dx = xs[i] - mx, dy = ys[i] - my;
+    sxy += dx * dy; sxx += dx * dx; syy += dy * dy;
+  }
+  return sxx > 0 && syy > 0 ? sxy / Math.sqrt(sxx * syy) : null;
+}
+
+const neuronData = { chars: [], activations: [] }; // activations[layer][unit] = Float64Array over chars
+
+async function readNeurons(model) {
+  const job = startJob("neurons");
+  const status = $("neuron-status");
+  status.dataset.state = "running";
+  status.textContent = "Reading…";
+  const chars = Array.from($("neuron-text").value).filter((c) => model.index.has(c));
+  const acts = Array.from({ length: model.numLayers },
+    () => Array.from({ length: model.hidden }, () => new Float64Array(chars.length)));
+  let state = model.zeroState(), sliceStart = performance.now();
+  for (let t = 0; t < chars.length; t++) {
+    ({ state } = model.step(state, model.index.get(chars[t])));
+    state.h.forEach((h, k) => h.forEach((v, u) => { acts[k][u][t] = v; }));
+    if (performance.now() - sliceStart > SLICE_MS) {
+      await yieldToBrowser();
+      if (job.stopped) return;
+      sliceStart = performance.now();
+    }
+  }
+  Object.assign(neuronData, { chars, activations: acts });
+  listTopUnits(model, chars, acts);
+  showNeuron();
+  status.textContent = chars.length ? `Read ${chars.length.toLocaleString()} characters.`
+    : "Give some text the model knows.";
+  status.dataset.state = "done";
+}
+
+function listTopUnits(model, chars, acts) {
+  const box = $("top-units");
+  box.replaceChildren();
+  for (const [name, values] of textFeatures(chars)) {
+    const ranked = [];
+    acts.forEach((layer, k) => layer.forEach((unit, u) => {
+      const r = correlation(unit, values);
+      if (r !== null) ranked.push({ k, u, r });
+    }));
+    ranked.sort((a, b) => Math.abs(b.r) - Math.abs(a.r));
+    const row = document.createElement("div");
+    row.className = "feature";
+    const title = document.createElement("h3");
+    title.textContent = name;
+    row.append(title);
+    if (!ranked.length) {
+      const note = Object.assign(document.createElement("span"), { className: "help" });
+      note.textContent = "does not vary in this text";
+      row.append(note);
+    }
+    for (const { k, u, r } of ranked.slice(0, 3)) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "secondary unit";
+      button.textContent = `layer ${k + 1}, unit ${u}: r = ${r >= 0 ? "+" : "−"}${Math.abs(r).toFixed(2)}`;
+      button.addEventListener("click", () => {
+        $("neuron-layer").value = k;
+        $("neuron-unit").value = u;
+        showNeuron();
+        $("neuron-output").scrollIntoView({ block: "nearest" });
+      });
+      row.append(button);
+    }
+    box.append(row);
+  }
+}
+
+/** Colour the text by the chosen unit: blue where it is positive, red where negative. */
+function showNeuron() {
+  const box = $("neuron-output");
+  const layer = Number($("neuron-layer").value), unit = Number($("neuron-unit").value);
+  const values = neuronData.activations[layer]?.[unit];
+  box.replaceChildren();
+  if (!values) return;
+  const fragment = document.createDocumentFragment();
+  neuronData.chars.forEach((c, t) => {
+    const v = values[t], alpha = (0.85 * Math.min(1, Math.abs(v))).toFixed(3);
+    const span = charSpan(c, undefined, v >= 0 ? `hsl(212 90% 55% / ${alpha})` : `hsl(0 85% 55% / ${alpha})`);
+    span.title = v.toFixed(3);
+    fragment.append(span);
+  });
+  box.append(fragment);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The page: views, summary, controls, URL settings
+
+function showView(name) {
+  for (const tab of document.querySelectorAll(".tab")) {
+    const on = tab.dataset.view === name;
+    tab.setAttribute("aria-pressed", on);
+    $(`view-${tab.dataset.view}`).hidden = !on;
+  }
+}
+
+function describeModel(summary) {
+  const parts = [];
+  if (summary.corpus) {
+    parts.push(`trained on ${summary.corpus}` +
+      (summary.corpus_length ? ` (${summary.corpus_length.toLocaleString()} characters)` : ""));
+  }
+  parts.push(`${summary.cell.toUpperCase()} ${summary.layers}×${summary.rnn_size}`,
+    `${summary.parameters.toLocaleString()} parameters`);
+  if (summary.val_loss !== undefined) {
+    parts.push(`validation loss ${(summary.val_loss / Math.LN2).toFixed(3)} bits/char`);
+  }
+  if (summary.steps !== undefined) parts.push(`${summary.steps.toLocaleString()} steps`);
+  return parts.join(" · ");
+}
+
+/** Fill the neuron view with text to read: the last generation, else a fresh sample. */
+async function defaultNeuronText(model) {
+  if ($("output").textContent.length > 50) return $("output").textContent;
+  let text = "";
+  await sample(model, { prime: "", temperature: 0.8, topK: null, topP: null, length: 800, seed: 1 },
+    { stopped: false }, (c) => { text += c; });
+  return text;
+}
+
+function wireControls(model) {
+  $("write-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    generate(model);
+  });
+  $("prime").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("write-form").requestSubmit();
+  });
+  $("stop").addEventListener("click", () => { if (jobs.write) jobs.write.stopped = true; });
+  $("write-form").addEventListener("input", updateShareLink);
+  $("score-run").addEventListener("click", () => score(model));
+  $("neuron-run").addEventListener("click", () => readNeurons(model));
+  $("neuron-layer").addEventListener("change", showNeuron);
+  $("neuron-unit").addEventListener("input", showNeuron);
+  for (const tab of document.querySelectorAll(".tab")) {
+    tab.addEventListener("click", async () => {
+      showView(tab.dataset.view);
+      if (tab.dataset.view === "neurons" && !$("neuron-text").value) {
+        $("neuron-text").value = await defaultNeuronText(model);
+        readNeurons(model);
+      }
+    });
+  }
+  const inspect = (box, info, describe) => makeInspectable(box, (i) => {
+    const r = box.records[i];
+    showCandidates(info, describe(r), r.top, r.chosen, model.vocab);
+  });
+  inspect($("output"), $("write-info"),
+    (r) => `'${visible(model.vocab[r.chosen])}' had probability ${percent(r.p)}; the model's likeliest here:`);
+  inspect($("score-output"), $("score-info"),
+    (r) => `'${visible(model.vocab[r.chosen])}': ${r.bits.toFixed(2)} bits (probability ${percent(r.p)}); ` +
+      "the model's likeliest here:");
+  for (let k = 0; k < model.numLayers; k++) $("neuron-layer").append(new Option(`${k + 1}`, k));
+  $("neuron-unit").max = model.hidden - 1;
+}
+
+async function main() {
+  const spec = window.CHARRNN_MODEL;
+  let model;
+  try {
+    if (!spec) throw new Error("model.js is missing or did not load; export the page again");
+    model = await loadModel(spec);
+  } catch (e) {
+    $("summary").textContent = `Could not load the model: ${e.message}`;
+    document.body.dataset.model = "error";
+    return;
+  }
+  $("summary").textContent = describeModel(spec.summary);
+  wireControls(model);
+  const query = new URLSearchParams(location.search);
+  for (const id of SETTINGS) if (query.has(id)) $(id).value = query.get(id);
+  updateShareLink();
+  for (const id of ["generate", "score-run", "neuron-run"]) $(id).disabled = false;
+  document.body.dataset.model = "ready";
+  const view = query.get("view");
+  if (view === "score" || view === "neurons") document.querySelector(`.tab[data-view="${view}"]`).click();
+  if (query.get("run") === "1") generate(model);
+}
+
+main();

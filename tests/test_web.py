@@ -1,0 +1,300 @@
+"""The web export (charrnn.web) in real headless Chromium: the page must compute what Python does.
+
+One browser serves the whole module. Models are tiny (2x32) and trained a few dozen steps here, so
+their greedy text is not a flat tie-break between near-equal characters.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from charrnn import checkpoint
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.web import export_web
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+INSTALL = "apt-get install -y chromium chromium-driver && pip install selenium"
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.keys import Keys
+except ImportError:  # pragma: no cover
+    webdriver = None
+if webdriver is None or not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip(f"the web tests need Chromium, chromedriver and selenium: {INSTALL}", allow_module_level=True)
+
+BROWSER_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
+TEXT = ('the quick brown fox (a "red" one) jumps over the lazy dog.\n'
+        'a small bird sings "a song" of summer (and rain) days.\n') * 40
+
+
+def make_checkpoint(cell: str, steps: int = 60, seed: int = 0, **sizes) -> dict:
+    """A checkpoint dict of a small model trained `steps` steps on TEXT (a second or so)."""
+    torch.manual_seed(seed)
+    chars = sorted(set(TEXT))
+    config = {"vocab_size": len(chars), "model": cell, "rnn_size": 32, "num_layers": 2, "embedding_size": 16,
+              "dropout": 0.0, **sizes}
+    model = CharRNN(ModelConfig(**config))
+    data = torch.tensor([chars.index(c) for c in TEXT])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - 33, (16,)).tolist()
+        x = torch.stack([data[s:s + 32] for s in starts])
+        y = torch.stack([data[s + 1:s + 33] for s in starts])
+        loss = F.nll_loss(model(x)[0].flatten(0, 1), y.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return {"vocab": chars, "model_config": config, "model": model.state_dict(),
+            "corpus": {"name": "toy", "length": len(TEXT)},
+            "progress": {"step": steps, "elapsed": 1.0, "best_val_loss": loss.item()}}
+
+
+def folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir())
+
+
+def generate_py(ckpt_path: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "generate.py", "--checkpoint", str(ckpt_path), "--threads", "1", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models, 2 busy cores
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, torch_one_thread):
+    """cell -> (checkpoint path, index.html path) of a small trained model, exported once."""
+    root = tmp_path_factory.mktemp("web")
+    out = {}
+    for cell in ("rnn", "lstm", "gru"):
+        ckpt = make_checkpoint(cell)
+        checkpoint.save(ckpt, root / f"{cell}.pt")
+        out[cell] = (root / f"{cell}.pt", export_web(ckpt, root / f"{cell}-page"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in BROWSER_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float = 60):
+    """Poll a JavaScript expression until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(f"return {script}")
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {script}")
+
+
+def open_page(driver, index: Path, **query) -> None:
+    """Load the page from disk with these URL settings, wait for the model, and check the console."""
+    driver.get_log("browser")  # drop what earlier pages logged
+    driver.get(index.as_uri() + ("?" + urlencode(query, quote_via=quote) if query else ""))
+    assert wait_for(driver, "document.body.dataset.model !== 'loading' && document.body.dataset.model") == "ready"
+    assert_no_console_errors(driver)
+
+
+def assert_no_console_errors(driver) -> None:
+    errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, errors
+
+
+def generated(driver, index: Path, **query) -> str:
+    """Open the page with run=1 and these settings; the text it shows once it is done."""
+    open_page(driver, index, run=1, **query)
+    assert wait_for(driver, "['done', 'stopped', 'error'].includes(document.getElementById('output').dataset.state)"
+                    " && document.getElementById('output').dataset.state") == "done"
+    assert_no_console_errors(driver)
+    return driver.execute_script("return document.getElementById('output').textContent")
+
+
+def page_score(driver, index: Path, text: str) -> tuple[float, int]:
+    """Bits per character of `text` in the page's score view, and how many characters were scored."""
+    open_page(driver, index, view="score")
+    driver.execute_script("document.getElementById('score-text').value = arguments[0]", text)
+    driver.find_element("id", "score-run").click()
+    bpc = float(wait_for(driver, "document.getElementById('score-total').dataset.bpc"))
+    total = driver.find_element("id", "score-total").text
+    return bpc, int(re.search(r"over ([\d,]+) characters", total)[1].replace(",", ""))
+
+
+@pytest.mark.parametrize("cell, prime", [("rnn", "a small bird"), ("lstm", "the "), ("gru", "")])
+def test_greedy_text_is_generate_py_text(browser, exported, cell, prime):
+    ckpt_path, index = exported[cell]
+    expected = generate_py(ckpt_path, "--prime", prime, "--length", "300", "--temperature", "0")
+    assert generated(browser, index, prime=prime, temperature=0, length=300) == expected[:-1]  # print's newline
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_score_matches_generate_py(browser, exported, cell, tmp_path):
+    ckpt_path, index = exported[cell]
+    text = TEXT[:700] + "the lazy bird (in the sun) sings.\n"
+    (tmp_path / "text.txt").write_text(text, encoding="utf-8")
+    line = generate_py(ckpt_path, "--score", str(tmp_path / "text.txt"))
+    expected_bpc, expected_count = re.search(r"([\d.]+) bits/char over ([\d,]+) characters", line).groups()
+    bpc, count = page_score(browser, index, text)
+    assert count == int(expected_count.replace(",", "")) == len(text) - 1
+    assert bpc == pytest.approx(float(expected_bpc), abs=0.001)
+    shaded = browser.execute_script("return document.querySelectorAll('#score-output span[data-i]').length")
+    assert shaded == count  # every character but the first is shaded by its surprisal
+
+
+def test_same_seed_same_text_and_settings_change_it(browser, exported):
+    index = exported["lstm"][1]
+    first = generated(browser, index, prime="the", temperature=1.5, length=200, seed=7)
+    assert generated(browser, index, prime="the", temperature=1.5, length=200, seed=7) == first
+    assert generated(browser, index, prime="the", temperature=1.5, length=200, seed=8) != first
+    assert len(first) == 3 + 200 and first.startswith("the")
+    greedy = generated(browser, index, prime="the", temperature=0, length=100)
+    assert generated(browser, index, prime="the", temperature=1.5, top_k=1, length=100, seed=3) == greedy
+    assert generated(browser, index, prime="the", temperature=1.5, top_p=0.001, length=100, seed=3) == greedy
+    assert generated(browser, index, prime="the", temperature=5, top_k=3, top_p=0.9, length=100, seed=3) != greedy
+
+
+def test_stop_button_ends_a_long_generation(browser, exported):
+    index = exported["lstm"][1]
+    open_page(browser, index, prime="the", temperature=1, length=10_000_000, run=1)
+    wait_for(browser, "document.getElementById('output').textContent.length > 50")
+    browser.find_element("id", "stop").click()
+    assert wait_for(browser, "document.getElementById('output').dataset.state") in ("running", "stopped")
+    wait_for(browser, "document.getElementById('output').dataset.state === 'stopped'", timeout=10)
+    shown = len(browser.execute_script("return document.getElementById('output').textContent"))
+    time.sleep(0.3)
+    assert len(browser.execute_script("return document.getElementById('output').textContent")) == shown < 1_000_000
+    assert browser.find_element("id", "stop").get_attribute("disabled")
+
+
+def test_keyboard_generates_and_inspects_characters(browser, exported):
+    index = exported["lstm"][1]
+    open_page(browser, index)
+    prime = browser.find_element("id", "prime")
+    prime.click()
+    prime.send_keys("the ")
+    browser.find_element("id", "temperature").clear()
+    browser.find_element("id", "temperature").send_keys("0")
+    browser.find_element("id", "length").clear()
+    browser.find_element("id", "length").send_keys("40")
+    prime.send_keys(Keys.CONTROL, Keys.ENTER)
+    wait_for(browser, "document.getElementById('output').dataset.state === 'done'")
+    assert browser.execute_script("return document.getElementById('output').textContent").startswith("the ")
+    share = browser.find_element("id", "share").get_attribute("href")
+    assert "prime=the" in share and "temperature=0" in share and "run=1" in share
+    # Tab moves from the Generate button past Stop (disabled) and the link to the text itself
+    browser.find_element("id", "generate").send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "share"
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.get_attribute("id") == "output"
+    first = browser.find_element("id", "write-info").text
+    assert first.startswith("'")
+    assert browser.execute_script("return document.querySelectorAll('#write-info li').length") == 5
+    browser.switch_to.active_element.send_keys(Keys.ARROW_RIGHT, Keys.ARROW_RIGHT)
+    assert browser.execute_script("return document.querySelector('#output .current').dataset.i") == "2"
+    assert_no_console_errors(browser)
+
+
+def test_neuron_view_lists_units_and_colours_text(browser, exported):
+    index = exported["gru"][1]
+    open_page(browser, index, view="neurons")
+    wait_for(browser, "document.getElementById('neuron-status').dataset.state === 'done'")
+    buttons = browser.find_elements("css selector", "#top-units button")
+    assert len(buttons) >= 4 * 3  # three units for each of the four features
+    features = browser.find_element("id", "top-units").text
+    assert "inside double quotes" in features and "right after a newline" in features
+    before = browser.execute_script("return document.getElementById('neuron-output').innerHTML")
+    assert browser.execute_script("return document.querySelectorAll('#neuron-output span[style]').length") > 100
+    buttons[-1].click()
+    assert browser.execute_script("return document.getElementById('neuron-output').innerHTML") != before
+    assert_no_console_errors(browser)
+
+
+def test_summary_names_the_model(browser, exported):
+    open_page(browser, exported["lstm"][1])
+    summary = browser.find_element("id", "summary").text
+    assert "toy" in summary and "LSTM 2×32" in summary and "parameters" in summary and "bits/char" in summary
+
+
+def test_default_size_export_is_under_4_mb_and_float16_halves_it(browser, tmp_path, torch_one_thread):
+    torch.manual_seed(0)
+    config = {"vocab_size": 65, "model": "lstm", "rnn_size": 256, "num_layers": 2, "embedding_size": 64,
+              "dropout": 0.2}
+    ckpt = {"vocab": [chr(32 + i) for i in range(64)] + ["\n"], "model_config": config,
+            "model": CharRNN(ModelConfig(**config)).state_dict()}
+    full = export_web(ckpt, tmp_path / "f32").parent
+    half = export_web(ckpt, tmp_path / "f16", dtype="float16").parent
+    assert folder_size(full) < 4_000_000
+    assert 0.4 < folder_size(half) / folder_size(full) < 0.6
+    for folder in (full, half):
+        assert len(generated(browser, folder / "index.html", prime="ab", temperature=0.8, length=20, seed=1)) == 22
+
+
+def test_float16_page_scores_close_to_float32(browser, exported, tmp_path):
+    ckpt = make_checkpoint("lstm")
+    half = export_web(ckpt, tmp_path / "f16", dtype="float16")
+    text = TEXT[:400]
+    full_bpc = page_score(browser, exported["lstm"][1], text)[0]
+    assert page_score(browser, half, text)[0] == pytest.approx(full_bpc, abs=0.02)
+
+
+def test_export_refuses_bad_dtype_and_foreign_folders(tmp_path):
+    ckpt = make_checkpoint("rnn", steps=0)
+    with pytest.raises(CharRNNError, match="float32 or float16"):
+        export_web(ckpt, tmp_path / "page", dtype="int8")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(CharRNNError, match="not empty"):
+        export_web(ckpt, tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(CharRNNError, match="not a folder"):
+        export_web(ckpt, tmp_path / "file")
+    index = export_web(ckpt, tmp_path / "page")
+    assert export_web(ckpt, tmp_path / "page") == index  # an earlier export is overwritten
+    assert sorted(os.listdir(index.parent)) == ["app.js", "index.html", "model.js", "style.css"]
+    (tmp_path / "empty").mkdir()
+    assert export_web(ckpt, tmp_path / "empty").is_file()
+    broken = {**ckpt, "model_config": {**ckpt["model_config"], "rnn_size": 64}}
+    with pytest.raises(CharRNNError, match="usable model"):
+        export_web(broken, tmp_path / "broken")
+
+
+def test_a_page_without_its_model_says_so(browser, exported, tmp_path):
+    page = tmp_path / "page"
+    shutil.copytree(exported["rnn"][1].parent, page)
+    (page / "model.js").unlink()
+    browser.get_log("browser")
+    browser.get((page / "index.html").as_uri())
+    assert wait_for(browser, "document.body.dataset.model === 'error'")
+    assert "model.js" in browser.find_element("id", "summary").text
+    browser.get_log("browser")  # the missing script is logged as an error, rightly
