@@ -1,4 +1,5 @@
-"""What the benchmarks share: the benchmark corpus, and a trainer built from its parts."""
+"""What the benchmarks (and tests) share: the benchmark corpus, a generated text, a trainer built
+from its parts, and headless Chromium."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -16,6 +17,36 @@ from charrnn.vocab import Vocab
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")  # Debian's packages
+# Headless, and nothing that reaches for the network (this machine has none to reach).
+BROWSER_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+def make_text(n_chars: int = 20_000) -> str:
+    """A repetitive but not trivial English-like text, built deterministically."""
+    words = ("the quick brown fox jumps over the lazy dog and then it rests in the warm sun "
+             "while a small bird sings a song of summer days").split()
+    out, i, size = [], 0, 0
+    while size < n_chars:
+        out.append(words[(i * 7 + i // 3) % len(words)] + (".\n" if i % 11 == 10 else " "))
+        size, i = size + len(out[-1]), i + 1
+    return "".join(out)[:n_chars]
+
+
+def start_browser(profile: Path, *extra_flags: str, console_log: bool = False):
+    """Debian's Chromium under selenium, with a fresh profile; nothing is downloaded."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*BROWSER_FLAGS, *extra_flags, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    if console_log:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
 
 
 def trainer_from_parts(config: TrainConfig, vocab_size: int = 65, n_chars: int = 1_000_000) -> Trainer:

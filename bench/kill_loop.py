@@ -47,6 +47,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common import make_text
+
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("startup", "after-save", "mid-write")
 # Tiny and fast; --min-lr-frac 1 holds the learning rate constant after warm-up, so the final
@@ -65,13 +67,7 @@ class Failure(Exception):
 # -- setting up ----------------------------------------------------------------------------------
 def make_corpus(path: Path, n_chars: int = 20_000) -> Path:
     """A deterministic English-like text: several epochs fit in a run, so epoch ends are crossed."""
-    words = ("the quick brown fox jumps over the lazy dog while a small bird sings of summer, "
-             "and then it rests in the warm sun by the river; who knows why?").split()
-    out, i, size = [], 0, 0
-    while size < n_chars:
-        out.append(words[(i * 7 + i // 3) % len(words)] + (".\n" if i % 11 == 10 else " "))
-        size, i = size + len(out[-1]), i + 1
-    path.write_text("".join(out)[:n_chars], encoding="utf-8")
+    path.write_text(make_text(n_chars), encoding="utf-8")
     return path
 
 

@@ -10,39 +10,19 @@ train a small model first, e.g.:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from charrnn import checkpoint  # noqa: E402
-from charrnn.web import export_web  # noqa: E402
+from charrnn import checkpoint
+from charrnn.web import export_web
+from common import REPO, start_browser
 
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--force-device-scale-factor=1")
 WIDTH = 1000
 # Written for this script (not taken from any corpus): a short passage in the corpus's manner.
 SCORE_TEXT = ("ROMEO:\nWhat light is this that breaks upon the wall?\nI would not speak, yet I must say my mind.\n\n"
               "JULIET:\nThen speak it, sir, and let the night be done.\n")
-
-
-def start_browser(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    driver.set_window_size(WIDTH, 900)
-    return driver
 
 
 def wait_for(driver, script: str, timeout: float = 120) -> None:
@@ -85,7 +65,8 @@ def main() -> None:
     ckpt = checkpoint.load(checkpoint.resolve(args.checkpoint))
     with tempfile.TemporaryDirectory() as tmp:
         index = export_web(ckpt, Path(tmp) / "page")
-        driver = start_browser(Path(tmp) / "profile")
+        driver = start_browser(Path(tmp) / "profile", "--hide-scrollbars", "--force-device-scale-factor=1")
+        driver.set_window_size(WIDTH, 900)
         try:
             open_page(driver, index, prime="ROMEO:\n", temperature=0.7, length=420, seed=3, run=1)
             wait_for(driver, "document.getElementById('output').dataset.state === 'done'")

@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,30 +22,14 @@ from urllib.parse import quote, urlencode
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from charrnn.model import CharRNN, ModelConfig  # noqa: E402
-from charrnn.sample import SampleConfig, generate  # noqa: E402
-from charrnn.vocab import Vocab  # noqa: E402
-from charrnn.web import export_web  # noqa: E402
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.sample import SampleConfig, generate
+from charrnn.vocab import Vocab
+from charrnn.web import export_web
+from common import start_browser
 
 PRIME = "ROMEO:\n"
 CHARS = sorted(set("\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"))  # tinyshakespeare's 65
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync")
-
-
-def start_browser(profile: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = "/usr/bin/chromium"
-    for flag in FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={profile}")
-    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
 
 
 def page_chars_per_sec(driver, index: Path, length: int) -> float:

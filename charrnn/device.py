@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -48,3 +49,48 @@ def set_threads(threads: int | None, processes_per_machine: int = 1) -> int:
     n = threads or max(1, (os.cpu_count() or 1) // processes_per_machine)
     torch.set_num_threads(n)
     return n
+
+
+class ThreadGovernor:
+    """Keeps torch's thread count at the cores other processes leave free, re-read every few seconds.
+
+    Why: torch's OpenMP threads meet at a barrier after every operation. With a busy neighbour on
+    a 2-core machine, one of two threads is often descheduled and the other waits for it, so two
+    threads train at about half the speed of one. Others' load is what /proc/stat says the
+    machine did, minus what this process did (os.times), over the last interval. Niced work is not
+    counted (it yields to us). The thread count can change a small model's results in the last
+    bits, so only runs that already follow the clock (a --time-budget) are governed; a run to
+    --max-steps or --max-epochs keeps its threads and stays exactly reproducible.
+    """
+
+    def __init__(self, most: int, interval: float = 2.0):
+        self.most, self.interval = most, interval
+        self.threads = most
+        self._last = self._reading()
+
+    @staticmethod
+    def _reading() -> tuple[float, float, float] | None:
+        """(wall seconds, CPU seconds busy on the whole machine, CPU seconds of this process)."""
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None  # not Linux: keep every core
+        user, _nice, system, _idle, _iowait, irq, softirq, steal = (ticks + [0] * 8)[:8]
+        own = os.times()
+        return (time.monotonic(), (user + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"),
+                own.user + own.system)
+
+    def __call__(self, *_) -> None:
+        """Cheap when called every step: re-decides once per interval."""
+        if self._last is None or time.monotonic() - self._last[0] < self.interval:
+            return
+        now = self._reading()
+        wall, busy, own = (b - a for a, b in zip(self._last, now))
+        self._last = now
+        others = max(0.0, (busy - own) / wall)
+        free = self.most - others
+        # a band of +-0.15 around the halfway mark, so that a neighbour at 50% does not flip us
+        if free < self.threads - 0.65 or free > self.threads + 0.65:
+            self.threads = max(1, min(self.most, round(free)))
+            torch.set_num_threads(self.threads)

@@ -13,7 +13,7 @@ import torch
 
 from charrnn import checkpoint, corpus, data, distributed, rng
 from charrnn.config import TrainConfig
-from charrnn.device import autocast_dtype, pick_device, set_threads
+from charrnn.device import ThreadGovernor, autocast_dtype, pick_device, set_threads
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, grow_vocab
 from charrnn.runs import RunDir, new_run_dir
@@ -70,7 +70,7 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
         torch.cuda.set_device(device)
     distributed.start(world, device)
     amp = autocast_dtype(device, config.dtype)
-    set_threads(config.threads, world.local_size)
+    threads = set_threads(config.threads, world.local_size)
     rng.seed_everything(config.seed + world.rank)  # ranks draw different dropout masks
 
     text = corpus.load(corpus.resolve(config.corpus, config.encoding))
@@ -105,6 +105,8 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     trainer = Trainer(config, model, optimizer, batches, eval_tokens, vocab,
                       RunDir(run_dir or Path("."), writes=world.is_main), device=device, amp=amp, world=world,
                       checkpoint_info=info)
+    if config.threads is None and config.time_budget and device.type == "cpu" and threads > 1:
+        trainer.callbacks.append(ThreadGovernor(threads))  # fewer threads while the machine is busy
     if resume_from is not None:
         with invalid_checkpoint(run_dir):
             if resume_from["vocab"] != vocab.to_list():
@@ -192,7 +194,8 @@ def describe(trainer: Trainer, n_train: int, n_val: int) -> str:
         f"batch {c.batch_size}x{c.seq_length} ({c.batching})"
         + (f" per rank x {world.size} ranks = {c.batch_size * world.size} rows" if world.active else "")
         + f", device {trainer.device}, {'bf16 autocast' if trainer.amp else 'fp32'}, "
-        f"{torch.get_num_threads()} threads",
+        + (f"up to {torch.get_num_threads()} threads (fewer while other processes keep cores busy)"
+           if any(isinstance(c, ThreadGovernor) for c in trainer.callbacks) else f"{torch.get_num_threads()} threads"),
         f"evaluation scores {'all ' if scored == n_val else f'the first {scored:,} of the '}{n_val:,} "
         "validation chars (--eval-chars; python generate.py --score FILE scores a whole file)",
         f"checkpoints in {trainer.run_dir.path}",

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import charrnn
-from charrnn import checkpoint
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, grow_vocab

@@ -70,3 +70,39 @@ def test_a_checkpoint_loads_onto_another_device(tmp_path):
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
     moved, _ = checkpoint.build_model(ckpt, "meta")
     assert {p.device.type for p in moved.parameters()} == {"meta"}
+
+
+def test_only_runs_that_follow_the_clock_have_their_threads_governed(tmp_path):
+    """A thread count can change a small model's last bits: a --max-steps run keeps its threads."""
+    from charrnn.config import TrainConfig
+    from conftest import build_trainer, make_text
+
+    corpus = tmp_path / "t.txt"
+    corpus.write_text(make_text(3000))
+    options = dict(corpus=str(corpus), rnn_size=8, batch_size=4, checkpoint_dir=str(tmp_path / "run"))
+    governed = [any(isinstance(c, device.ThreadGovernor) for c in build_trainer(config).callbacks)
+                for config in (TrainConfig.from_options(**options, max_steps=5, threads=None),
+                               TrainConfig.from_options(**options, time_budget=5.0, threads=2),
+                               TrainConfig.from_options(**options, time_budget=5.0, threads=None))]
+    assert governed == [False, False, os.cpu_count() > 1]
+
+
+def test_thread_governor_follows_the_cores_others_leave_free(monkeypatch):
+    before = torch.get_num_threads()
+    readings = iter([(0.0, 0.0, 0.0),       # (wall, machine busy, this process)
+                     (10.0, 20.0, 20.0),    # quiet: all the machine's work was ours -> 2
+                     (20.0, 37.0, 30.0),    # a neighbour took 0.7 of a core -> 1
+                     (30.0, 56.0, 40.0),    # it goes on taking a whole core -> stays 1
+                     (40.0, 61.0, 45.0),    # it stopped -> 2
+                     (50.0, 80.0, 60.0)])   # half a core, inside the band -> stays 2
+    monkeypatch.setattr(device.ThreadGovernor, "_reading", staticmethod(lambda: next(readings)))
+    monkeypatch.setattr(device.time, "monotonic", lambda: 1e9)
+    try:
+        governor = device.ThreadGovernor(2, interval=1.0)
+        seen = []
+        for _ in range(5):
+            governor()
+            seen.append(torch.get_num_threads())
+        assert seen == [before, 1, 1, 2, 2]
+    finally:
+        torch.set_num_threads(before)

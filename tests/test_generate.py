@@ -348,12 +348,6 @@ def test_info_and_prompt_on_a_checkpoint_without_optional_fields(tiny_checkpoint
 
 
 def test_output_writes_samples_to_a_file_and_jsonl_records_settings_and_seed(tiny_checkpoint, cli, tmp_path):
-    out_file = tmp_path / "samples.txt"
-    code, out, err = cli("--checkpoint", tiny_checkpoint, "--prime", "the ", "--length", 20, "--num-samples", 3,
-                         "--seed", 4, "--output", out_file)
-    assert code == 0 and out == "" and "wrote 3 samples" in err
-    texts = out_file.read_text().splitlines()
-    assert len(texts) == 3 and all(t.startswith("the ") for t in texts)
     jsonl = tmp_path / "samples.jsonl"
     code, _, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "the ", "--length", 20, "--num-samples", 3,
                      "--output", jsonl, "--format", "jsonl")
@@ -364,5 +358,10 @@ def test_output_writes_samples_to_a_file_and_jsonl_records_settings_and_seed(tin
     cli("--checkpoint", tiny_checkpoint, "--prime", "the ", "--length", 20, "--num-samples", 3,
         "--output", again, "--format", "jsonl", "--seed", rows[0]["seed"])
     assert [json.loads(line)["text"] for line in again.read_text().splitlines()] == [r["text"] for r in rows]
+    out_file = tmp_path / "samples.txt"  # plain text: the samples one after another
+    code, out, err = cli("--checkpoint", tiny_checkpoint, "--prime", "the ", "--length", 20, "--num-samples", 3,
+                         "--seed", rows[0]["seed"], "--output", out_file)
+    assert code == 0 and out == "" and "wrote 3 samples" in err
+    assert out_file.read_text() == "".join(r["text"] + "\n" for r in rows)
     code, out, err = cli("--checkpoint", tiny_checkpoint, "--format", "jsonl")
     assert_one_line_error(code, out, err)

@@ -20,22 +20,17 @@ from charrnn import checkpoint
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.web import export_web
+from common import CHROMEDRIVER, CHROMIUM, start_browser
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 INSTALL = "apt-get install -y chromium chromium-driver && pip install selenium"
 try:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.keys import Keys
 except ImportError:  # pragma: no cover
-    webdriver = None
-if webdriver is None or not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    Keys = None
+if Keys is None or not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
     pytest.skip(f"the web tests need Chromium, chromedriver and selenium: {INSTALL}", allow_module_level=True)
 
-BROWSER_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync")
 TEXT = ('the quick brown fox (a "red" one) jumps over the lazy dog.\n'
         'a small bird sings "a song" of summer (and rain) days.\n') * 40
 
@@ -96,13 +91,7 @@ def exported(tmp_path_factory, torch_one_thread):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in BROWSER_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver = start_browser(tmp_path_factory.mktemp("chromium-profile"), console_log=True)
     yield driver
     driver.quit()
 
