@@ -45,7 +45,11 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
                 step = ckpt["progress"]["step"]
             if world.is_main:
                 print(f"resuming {path} at step {step}", flush=True)
-            trainer = build(config, world, resume_from=ckpt, run_dir=Path(config.checkpoint_dir or path.parent))
+            folder = path.parent
+            if "checkpoint_dir" in (overrides or {}) and Path(overrides["checkpoint_dir"]).resolve() != folder.resolve():
+                folder = new_run_dir(overrides["checkpoint_dir"], "", overwrite)  # never into another run
+            with invalid_checkpoint(path):
+                trainer = build(config, world, resume_from=ckpt, run_dir=folder)
         else:
             config = absolute_corpus(config).with_stopping_rule()
             base = load_base(init_from, overrides or {}) if init_from else None
@@ -61,7 +65,7 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
 
 
 def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | None = None,
-          base: tuple[CharRNN, Vocab, dict] | None = None, run_dir: Path | None = None,
+          base: tuple[CharRNN, Vocab, list] | None = None, run_dir: Path | None = None,
           overwrite: bool = False) -> Trainer:
     """Set up the process and build a Trainer: the one place with process-wide side effects."""
     device = pick_device(config.device)
@@ -74,9 +78,10 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     rng.seed_everything(config.seed + world.rank)  # ranks draw different dropout masks
 
     text = corpus.load(corpus.resolve(config.corpus, config.encoding))
-    vocab, tokens = text.vocab, text.tokens
-    if base is not None:  # fine-tuning: the base model's characters, then the corpus's new ones
-        vocab = Vocab(sorted(set(base[1].chars) | set(text.vocab.chars)))
+    # A fine-tune (and its resumption) knows the base model's characters too: the union, sorted.
+    known = base[1].chars if base else resume_from["vocab"] if resume_from else []
+    vocab, tokens = Vocab(sorted(set(known) | set(text.vocab.chars))), text.tokens
+    if vocab != text.vocab:
         tokens = remap(tokens, text.vocab, vocab)
     train_tokens, val_tokens, _ = data.split(tokens, config.val_frac, config.test_frac)
     if len(val_tokens) < 2:
@@ -108,11 +113,10 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     if config.threads is None and config.time_budget and device.type == "cpu" and threads > 1:
         trainer.callbacks.append(ThreadGovernor(threads))  # fewer threads while the machine is busy
     if resume_from is not None:
-        with invalid_checkpoint(run_dir):
-            if resume_from["vocab"] != vocab.to_list():
-                raise CharRNNError("the corpus has changed since this checkpoint was written (its vocabulary "
-                                   "differs); resume with the same corpus or start a new run")
-            trainer.restore(resume_from)
+        if resume_from["vocab"] != vocab.to_list():
+            raise CharRNNError("the corpus has changed since this checkpoint was written (its vocabulary "
+                               "differs); resume with the same corpus or start a new run")
+        trainer.restore(resume_from)
     if world.is_main:
         print(describe(trainer, len(train_tokens), len(val_tokens)), flush=True)
     return trainer

@@ -97,6 +97,8 @@ def test_fine_tuning_learns_new_characters_and_records_its_lineage(tmp_path, mon
     lineage = model.info["lineage"]
     assert len(lineage) == 1 and lineage[0]["corpus"] == "base" and lineage[0]["step"] == 60
     assert "initialised from" in model.describe() and "base" in model.describe()
+    resumed = charrnn.train(resume=tuned.checkpoint_dir, max_steps=160, progress=False)
+    assert resumed.step == 160 and resumed.checkpoint_dir == tuned.checkpoint_dir
     with pytest.raises(CharRNNError, match="--rnn-size 64 differs from the base model's 32"):
         charrnn.train(tmp_path / "new.txt", init_from=base.checkpoint_dir, **{**TINY, "rnn_size": 64})
 
