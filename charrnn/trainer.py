@@ -221,12 +221,13 @@ class Trainer:
         return self.config.sample_prime + texts[0]
 
     # -- the loop -------------------------------------------------------------------------------
-    def run(self, say: Callable[[str], None] = print, progress_bar: bool = True) -> dict:
+    def run(self, progress_bar: bool = True) -> dict:
         """Train until a stopping rule or a signal; returns a summary of the run."""
         main, c = self.world.is_main, self.config
         if self.finished():
-            say(f"nothing to train: the run already reached its stopping rule at step {self.step} "
-                f"({format_seconds(self.elapsed)}); raise --max-steps, --max-epochs or --time-budget to go on")
+            if main:
+                print(f"nothing to train: the run already reached its stopping rule at step {self.step} "
+                      f"({format_seconds(self.elapsed)}); raise --max-steps, --max-epochs or --time-budget to go on")
             return self.summary(interrupted=False)
         chars_per_step = c.batch_size * c.seq_length * self.world.size
         train_loss, stopping = math.nan, False
