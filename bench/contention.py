@@ -77,11 +77,12 @@ def measure(repo: Path, ckpt: Path, texts: tuple[Path, Path], args, tmp: Path) -
     rows = {}
     for busy in (False, True):
         for name, extra in SETTINGS.items():
+            jobs = {"training": lambda: train_speed(repo, extra, args.train_seconds, tmp),
+                    "evaluation": lambda: score_speed(repo, extra, ckpt, *texts),
+                    "32 samples": lambda: sample_speed(repo, extra, ckpt, 32, args.length // 8),
+                    "one stream": lambda: sample_speed(repo, extra, ckpt, 1, args.length)}
             with load(busy):
-                row = {"training": train_speed(repo, extra, args.train_seconds, tmp),
-                       "evaluation": score_speed(repo, extra, ckpt, *texts),
-                       "32 samples": sample_speed(repo, extra, ckpt, 32, args.length // 4),
-                       "one stream": sample_speed(repo, extra, ckpt, 1, args.length)}
+                row = {what: job() for what, job in jobs.items() if what in args.what}
             rows[f"{'loaded' if busy else 'quiet'}, {name}"] = row
             print(f"{repo.name or repo}: {'loaded' if busy else 'quiet'}, {name}: "
                   + ", ".join(f"{k} {v:,.0f}" for k, v in row.items()), flush=True)
@@ -92,7 +93,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repo", action="append", type=Path, help="a checkout to measure (repeatable; default .)")
     p.add_argument("--train-seconds", type=float, default=30.0)
-    p.add_argument("--length", type=int, default=8000, help="characters of the one-stream sample")
+    p.add_argument("--length", type=int, default=40_000, help="characters of the one-stream sample "
+                   "(32 samples make an eighth of it each)")
+    p.add_argument("--what", default="training,evaluation,32 samples,one stream", type=lambda s: s.split(","),
+                   help="which measurements, comma-separated")
     args = p.parse_args()
     repos = [r.resolve() for r in (args.repo or [Path(".")])]
     with tempfile.TemporaryDirectory() as tmp:

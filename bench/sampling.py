@@ -1,17 +1,31 @@
-"""Sampling speed: characters per second for one stream and for a batch, and time to first character.
+"""Sampling speed against the machine's floor, for one stream and for a batch; time to first character.
+
+A character must read each big weight matrix once: for the default 2-layer LSTM, layer 0's
+hidden-to-hidden and layer 1's input-to-hidden and hidden-to-hidden, three 256x1024 float32 matrices
+(layer 0's input product is a row of a precomputed table). The floor is those products alone, in
+numpy, on random matrices of the model's sizes: (1, H) @ (H, G*H) each, for one stream, and
+(B, H) @ (H, G*H) for B streams, best of --repeats. charrnn's speed is generate() end to end (the
+prime, the step, the draw, the loop), best of --repeats; the two are measured in turn in the same
+run, so that a busy machine slows both alike, and the ratio is charrnn's time per character over
+the floor's.
 
 Uses --checkpoint if given; otherwise trains the default model for one step on the benchmark
 corpus (speed does not depend on what the weights are). Beside charrnn it times the naive loop a
 user would write first: one nn.LSTM call and one torch.multinomial per character. The time to
 first character runs `generate.py` in a child process and reads its output until the first
-generated character arrives: interpreter start-up, imports, checkpoint load and the prime. Example:
+generated character arrives: interpreter start-up, imports, checkpoint load and the prime.
 
-    python bench/sampling.py --length 20000
+numpy's BLAS (OpenBLAS) starts as many threads as there are cores, and both the floor and charrnn
+use them. On a machine shared with other work a second thread can cost more than it gives: set
+OPENBLAS_NUM_THREADS=1 to measure (and to sample) on one. Example:
+
+    OPENBLAS_NUM_THREADS=1 python bench/sampling.py --length 20000
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -19,14 +33,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from common import SHAKESPEARE
+
+from charrnn import checkpoint
+from charrnn.config import SampleConfig
+from charrnn.model import GATE_ORDER
+from charrnn.sample import generate
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from charrnn import checkpoint  # noqa: E402
-from charrnn.sample import SampleConfig, generate, make_generator  # noqa: E402
-
-SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 PRIME = "ROMEO:\n"
 
 
@@ -37,10 +53,27 @@ def one_step_checkpoint(folder: Path) -> Path:
     return folder / "last.pt"
 
 
+def floor_chars_per_sec(config, streams: int, seconds: float = 1.0) -> float:
+    """Characters per second if a step cost only its big products: every layer's (B, H) @ (H, G*H)
+    hidden-to-hidden and every layer but the first's input-to-hidden, into a buffer made once."""
+    h, g = config.rnn_size, len(GATE_ORDER[config.model]) * config.rnn_size
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((h, g), dtype=np.float32) for _ in range(2 * config.num_layers - 1)]
+    x = rng.standard_normal((streams, h), dtype=np.float32)
+    out = np.empty((streams, g), np.float32)
+    steps, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(10):
+            for w in weights:
+                np.matmul(x, w, out=out)
+        steps += 10
+    return steps * streams / elapsed
+
+
 def charrnn_chars_per_sec(model, vocab, length: int, num_samples: int) -> float:
     config = SampleConfig(length=length, temperature=1.0)
     start = time.perf_counter()
-    texts, _ = generate(model, vocab, config, PRIME, num_samples=num_samples, generator=make_generator(0))
+    texts, _ = generate(model, vocab, config, PRIME, num_samples=num_samples, generator=np.random.default_rng(0))
     return sum(map(len, texts)) / (time.perf_counter() - start)
 
 
@@ -73,32 +106,53 @@ def time_to_first_char(path: Path) -> float:
     return elapsed
 
 
+def speeds(model, vocab, length: int, batch: int, repeats: int) -> dict[str, float]:
+    """Floor and charrnn, one stream and `batch` streams, interleaved; the best of `repeats` each."""
+    measures = {
+        "floor_single_stream_chars_per_sec": lambda: floor_chars_per_sec(model.config, 1),
+        "single_stream_chars_per_sec": lambda: charrnn_chars_per_sec(model, vocab, length, 1),
+        f"floor_batch{batch}_chars_per_sec": lambda: floor_chars_per_sec(model.config, batch),
+        f"batch{batch}_chars_per_sec": lambda: charrnn_chars_per_sec(
+            model, vocab, max(1, length // batch) * 4, batch),
+    }
+    runs = {name: [] for name in measures}
+    for _ in range(repeats):
+        for name, measure in measures.items():
+            runs[name].append(measure())
+    return {name: max(values) for name, values in runs.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", help="a checkpoint to sample from (default: the default model, one step trained)")
     p.add_argument("--length", type=int, default=20_000, help="characters per timing (default 20000)")
     p.add_argument("--batch", type=int, default=32, help="samples at once for the batch row (default 32)")
-    p.add_argument("--repeats", type=int, default=3, help="timings of each kind; the median is shown")
+    p.add_argument("--repeats", type=int, default=3, help="timings of each kind: the best (median for the "
+                   "naive loop and the time to first character) is shown")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.checkpoint) if args.checkpoint else one_step_checkpoint(Path(tmp))
         model, vocab = checkpoint.build_model(checkpoint.load(path))
         c = model.config
-        print(f"model {c.model} {c.num_layers}x{c.rnn_size}, vocabulary {c.vocab_size}, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(f"model {c.model} {c.num_layers}x{c.rnn_size}, vocabulary {c.vocab_size}, torch {torch.__version__} "
+              f"({torch.get_num_threads()} threads), numpy {np.__version__} "
+              f"(OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, {os.cpu_count()} cores)")
 
         def median(measure) -> float:
             return statistics.median(measure() for _ in range(args.repeats))
 
-        results = {
-            "single_stream_chars_per_sec": median(lambda: charrnn_chars_per_sec(model, vocab, args.length, 1)),
-            f"batch{args.batch}_chars_per_sec": median(
-                lambda: charrnn_chars_per_sec(model, vocab, max(1, args.length // args.batch) * 4, args.batch)),
-            "naive_single_stream_chars_per_sec": median(lambda: naive_chars_per_sec(model, vocab, args.length // 10)),
-            "time_to_first_char_s": median(lambda: time_to_first_char(path)),
-        }
-    rows = [("charrnn, one stream", f"{results['single_stream_chars_per_sec']:,.0f} chars/s"),
-            (f"charrnn, --num-samples {args.batch} (total)", f"{results[f'batch{args.batch}_chars_per_sec']:,.0f} chars/s"),
+        results = speeds(model, vocab, args.length, args.batch, args.repeats)
+        results["naive_single_stream_chars_per_sec"] = median(lambda: naive_chars_per_sec(model, vocab, args.length // 50))
+        results["time_to_first_char_s"] = median(lambda: time_to_first_char(path))
+    one, many = results["single_stream_chars_per_sec"], results[f"batch{args.batch}_chars_per_sec"]
+    floor_one, floor_many = results["floor_single_stream_chars_per_sec"], results[f"floor_batch{args.batch}_chars_per_sec"]
+    results["single_stream_x_floor"] = floor_one / one  # time per character over the floor's
+    results[f"batch{args.batch}_x_floor"] = floor_many / many
+    rows = [("floor (the big products alone), one stream", f"{floor_one:,.0f} chars/s"),
+            ("charrnn, one stream", f"{one:,.0f} chars/s ({floor_one / one:.2f}x the floor's time)"),
+            (f"floor, {args.batch} streams (total)", f"{floor_many:,.0f} chars/s"),
+            (f"charrnn, --num-samples {args.batch} (total)",
+             f"{many:,.0f} chars/s ({floor_many / many:.2f}x the floor's time)"),
             ("naive nn.LSTM loop, one stream", f"{results['naive_single_stream_chars_per_sec']:,.0f} chars/s"),
             ("generate.py time to first character", f"{results['time_to_first_char_s']:.2f} s")]
     print("\n| measure | result |\n| --- | --- |")

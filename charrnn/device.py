@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -63,8 +64,8 @@ class ThreadGovernor:
     --max-steps or --max-epochs keeps its threads and stays exactly reproducible.
     """
 
-    def __init__(self, most: int, interval: float = 2.0):
-        self.most, self.interval = most, interval
+    def __init__(self, most: int, interval: float = 2.0, apply: Callable[[int], object] = torch.set_num_threads):
+        self.most, self.interval, self.apply = most, interval, apply  # apply(n): use n threads
         self.threads = most
         self._last = self._reading()
 
@@ -93,4 +94,4 @@ class ThreadGovernor:
         # a band of +-0.15 around the halfway mark, so that a neighbour at 50% does not flip us
         if free < self.threads - 0.65 or free > self.threads + 0.65:
             self.threads = max(1, min(self.most, round(free)))
-            torch.set_num_threads(self.threads)
+            self.apply(self.threads)

@@ -79,66 +79,72 @@ class NumpyStep:
     """The model's one-character step written out by hand in numpy, for sampling speed.
 
     For one character the cost is per-call overhead, not arithmetic: a fused nn.LSTM call costs
-    milliseconds of set-up, a torch operation several microseconds, a numpy one about one. So the
-    step is laid out for as few numpy calls as possible, each writing into memory prepared once
-    (`stream`): about 9 calls a layer and no temporaries beyond the first layer's row lookup. For
-    a batch the three big products dominate, and those run at numpy's (BLAS's) own speed.
+    milliseconds of set-up, a torch operation several microseconds, a numpy one about one. A step
+    must read each big weight matrix once; beyond that it makes as few numpy calls as it can (about
+    nine a layer), each writing into buffers made once per sampling run (`stream`):
 
     - The first layer's input product is precomputed for every character (the lookup table times
-      its input weights, plus biases), so it starts with a row lookup. A deeper layer does one
-      product over its stacked input and state, [x, h] @ [W_ih; W_hh]: every layer's h lies side
-      by side in one buffer, so [x, h] is already a slice of it and h is overwritten in place.
+      its input weights, plus biases), so it starts with a row lookup.
+    - Every layer's h lies in one buffer, each followed by a constant 1, so [x, 1] @ [W_ih; b]
+      takes a bias in the product. A layer's hidden-to-hidden product for the next step is made
+      as soon as its new h is: for the last layer, whose new h also feeds the head, that is one
+      product, [h, 1] @ [W_hh | W_head], for the next step's share and the logits. Products stay
+      at the floor's size otherwise: one over a layer's stacked [x, h] is no faster, and past
+      that size OpenBLAS starts threads, which on a busy machine cost 3x.
     - sigmoid(x) = (1 + tanh(x / 2)) / 2: with the sigmoid gates' weights and biases halved, one
-      tanh call serves every gate. PyTorch stacks the gates in `GATE_ORDER`; the columns here are
-      reordered (LSTM: o, i, f, g) so that the gates sharing an operation are adjacent, and the
-      LSTM's c sits right after g: one product gives [sigmoid(i) g, sigmoid(f) c] at once.
-    - The LSTM keeps 2h instead of h (it saves a halving a layer), and every weight that reads it
-      is halved to match. Scaling by powers of two is exact, so nothing rounds differently.
+      tanh call serves every gate. With many rows (EXP_ROWS) the cost per element counts instead,
+      and numpy's exp costs half its tanh: there sigmoid(x) = 1 / (1 + exp(-x)) and
+      tanh(z) = 2 sigmoid(2z) - 1 serve from the same halved pre-activations.
+    - PyTorch stacks the gate blocks in `GATE_ORDER`; here the columns are reordered (LSTM: i, f,
+      o, g) so that gates sharing an operation are adjacent. With few rows the LSTM's c sits right
+      after g: one product gives [sigmoid(i) g, sigmoid(f) c] at once. With many, whole-width
+      operations need contiguous arrays (4x faster than on a slice of a wider buffer), so c is apart.
+    - The LSTM keeps 2h instead of h (that saves a halving a layer) and every weight that reads it
+      is halved to match. Scaling by powers of two is exact: nothing rounds differently.
 
     `step(idx, state)` is the plain form: states are tuples of float32 arrays laid out like the
     model's, (h,) or, for an LSTM, (h, c), each (L, N, H), and the state passed in is left alone.
-    `step.stream(state)` keeps a state in place and advances it one character per call: the fast
+    `step.stream(state)` holds a state in place and moves it on one character a call: the fast
     form, for sampling loops.
     """
 
-    # the column order of the gate blocks here (see above); PyTorch's is GATE_ORDER
-    ORDER = {"rnn": "n", "lstm": "oifg", "gru": "rzn"}
+    EXP_ROWS = 4  # from this many rows on, an LSTM computes its gates with exp instead of tanh
 
     def __init__(self, model: CharRNN):
         cfg, rnn = model.config, model.rnn
-        self.cell, self.num_layers, n = cfg.model, cfg.num_layers, cfg.rnn_size
-        self.hidden = n
-        lstm, gru = self.cell == "lstm", self.cell == "gru"
-        h_scale = 0.5 if lstm else 1.0  # the LSTM keeps 2h: whatever reads h is halved
-        gates = GATE_ORDER[self.cell]
-        order = [gates.index(gate) for gate in self.ORDER[self.cell]]
-        scale = np.concatenate([np.full(n, 1.0 if gate in "gn" else 0.5, dtype=np.float32)
-                                for gate in self.ORDER[self.cell]])
+        self.cell, self.num_layers, self.hidden = cfg.model, cfg.num_layers, cfg.rnn_size
+        n, gru = cfg.rnn_size, cfg.model == "gru"
+        h_scale = 0.5 if self.cell == "lstm" else 1.0  # the LSTM keeps 2h: what reads h is halved
+        ours = {"rnn": "n", "lstm": "ifog", "gru": "rzn"}[self.cell]  # the gate blocks' column order here
+        order = [GATE_ORDER[self.cell].index(gate) for gate in ours]
+        gate_scale = np.concatenate([np.full(n, 1.0 if gate in "gn" else 0.5, dtype=np.float32) for gate in ours])
 
-        def prepare(t: torch.Tensor, factor: float = 1.0) -> np.ndarray:
-            """(G*H, ...) in PyTorch's gate order -> (..., G*H) in ours, transposed and scaled."""
-            t = t.detach().float().cpu()
-            t = torch.cat([t[j * n:(j + 1) * n] for j in order]).numpy()
-            return np.ascontiguousarray(t.T * (scale * np.float32(factor)))
+        def prepare(weight: torch.Tensor, bias: torch.Tensor | None = None, scale: float = 1.0) -> np.ndarray:
+            """(G*H, K) weights in PyTorch's gate order [and a bias] -> (K [+ 1], G*H) in ours, scaled."""
+            weight = weight.float() * scale
+            weight = (weight if bias is None else torch.cat([weight, bias.float()[:, None]], 1)).cpu().numpy()
+            weight = np.concatenate([weight[j * n:(j + 1) * n] for j in order])
+            return np.ascontiguousarray(weight.T * gate_scale)
 
-        self.layers = []
+        self.layers = []  # (input weights, or the first layer's table; hidden-to-hidden weights)
         with torch.no_grad():
             for k in range(cfg.num_layers):
                 w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
                 b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}"), getattr(rnn, f"bias_hh_l{k}")
-                # GRU keeps b_hh apart: it sits inside r * (W_hn h + b_hn)
+                # GRU keeps b_hh apart, with W_hh: it sits inside r * (W_hn h + b_hn)
                 b_in = b_ih if gru else b_ih + b_hh
-                if k == 0:  # (V, G*H): the lookup table times the input weights, plus b_in
+                if k == 0:  # (V, G*H), the table: a one-hot input's product is a row of it
                     w_in = prepare((model.embed.weight @ w_ih.T + b_in).T)
-                else:
-                    w_in = prepare(w_ih, h_scale)
-                w_hh_t = prepare(w_hh, h_scale)
-                if not gru and k > 0:  # one product over [x, h]
-                    w_in, w_hh_t = np.ascontiguousarray(np.concatenate([w_in, w_hh_t])), None
-                self.layers.append((w_in, None if k == 0 else prepare(b_in[:, None])[0],
-                                    w_hh_t, prepare(b_hh[:, None])[0] if gru else None))
-            self.w_out = np.ascontiguousarray(model.head.weight.detach().float().cpu().numpy().T * h_scale)
-            self.b_out = model.head.bias.detach().float().cpu().numpy().copy()
+                else:       # (H + 1, G*H): the bias as a last row, for the 1 after x
+                    w_in = prepare(w_ih, b_in, h_scale)
+                self.layers.append([w_in, prepare(w_hh, b_hh if gru else None, h_scale)])  # (H [+ 1], G*H)
+            # the last layer's hidden-to-hidden weights beside the head's, for [h, 1]: (H + 1, G*H + V)
+            w_hh = self.layers[-1].pop()
+            if not gru:
+                w_hh = np.concatenate([w_hh, np.zeros_like(w_hh[:1])])
+            head = torch.cat([model.head.weight.float() * h_scale, model.head.bias.float()[:, None]], 1)
+            self.last = np.ascontiguousarray(np.concatenate([w_hh, head.cpu().numpy().T], 1))
+            self.layers[-1].append(None)
 
     def __call__(self, idx: np.ndarray, state: NumpyState) -> tuple[np.ndarray, NumpyState]:
         """idx (N,) and a state -> logits (N, V) and the next state."""
@@ -146,118 +152,144 @@ class NumpyStep:
         return stream(idx).copy(), stream.state()
 
     def stream(self, state: NumpyState) -> NumpyStep.Stream:
-        """A state (N rows) held in place: each call takes idx (N,) and returns the logits (N, V)."""
+        """The state's N rows held in place: each call takes idx (N,) and returns the logits (N, V)."""
         return NumpyStep.Stream(self, state)
 
     class Stream:
-        """The buffers of one sampling run: the state, in place, and every intermediate.
+        """One sampling run's buffers: its state, in place, and every intermediate.
 
-        Each call overwrites the logits it returned before. Not shared between threads: each
-        sampling run makes its own.
+        A call returns a view of logits that the next call overwrites. Each run makes its own
+        Stream, so that runs on one NumpyStep (in threads, say) never share buffers.
         """
 
         def __init__(self, step: NumpyStep, state: NumpyState):
-            self.step = step
-            cell, n, layers = step.cell, step.hidden, step.num_layers
-            rows = state[0].shape[1]
-            f32 = np.float32
-            self.h = np.empty((rows, layers * n), f32)     # [h_0, h_1, ...]: 2h for an LSTM
-            self.logits = np.empty((rows, len(step.b_out)), f32)
-            hs = [self.h[:, k * n:(k + 1) * n] for k in range(layers)]
-            self.h_views = hs
-            ops = []
-            if cell == "lstm":
-                self.gates = [np.empty((rows, 5 * n), f32) for _ in range(layers)]  # o, i, f, g, c
-                self.c_views = [g[:, 4 * n:] for g in self.gates]
-                tmp, prod = np.empty((rows, n), f32), np.empty((rows, 2 * n), f32)
-                for k, (w_in, b_in, w_hh, _) in enumerate(step.layers):
-                    g = self.gates[k]
-                    inp = hs[0] if k == 0 else self.h[:, (k - 1) * n:(k + 1) * n]
-                    ops.append((inp, w_in if k else w_hh, b_in, g[:, :4 * n], g[:, :3 * n], g[:, n:3 * n],
-                                g[:, 3 * n:], prod, prod[:, :n], prod[:, n:], g[:, 4 * n:], tmp, g[:, :n], hs[k]))
-            elif cell == "gru":
-                gx = [np.empty((rows, 3 * n), f32) for _ in step.layers]
-                gh = [np.empty((rows, 3 * n), f32) for _ in step.layers]
-                tmp = np.empty((rows, n), f32)
-                for k, (w_in, b_in, w_hh, b_hh) in enumerate(step.layers):
-                    x, h = gx[k], gh[k]
-                    ops.append((None if k == 0 else hs[k - 1], w_in, b_in, x, hs[k], w_hh, b_hh, h,
-                                x[:, :2 * n], h[:, :2 * n], x[:, 2 * n:], h[:, 2 * n:], x[:, :n],
-                                x[:, n:2 * n], tmp))
-            else:
-                pre = [np.empty((rows, n), f32) for _ in step.layers]
-                for k, (w_in, b_in, w_hh, _) in enumerate(step.layers):
-                    inp = hs[0] if k == 0 else self.h[:, (k - 1) * n:(k + 1) * n]
-                    ops.append((inp, w_in if k else w_hh, b_in, pre[k], hs[k]))
-            self.ops = ops
-            self.table = step.layers[0][0]
-            self.head = (hs[-1], step.w_out, step.b_out, self.logits)
+            cell, layers, n = step.cell, step.num_layers, step.hidden
+            rows, f32 = state[0].shape[1], np.float32
+            g, w = len(GATE_ORDER[cell]) * n, n + 1
+            self.cell, self.table, self.exp, self.one = cell, step.layers[0][0], rows >= step.EXP_ROWS, rows == 1
+            self.hs = np.zeros((rows, layers * w), f32)    # [h_0, 1, h_1, 1, ...]; 2h for an LSTM
+            self.hs[:, n::w] = 1.0
+            h = [self.hs[:, k * w:k * w + n] for k in range(layers)]
+            h1 = [self.hs[:, k * w:(k + 1) * w] for k in range(layers)]  # [h, 1]
+            out = np.empty((rows, step.last.shape[1]), f32)  # the last layer's next share, logits
+            self.h, self.last, self.logits = h, (h1[-1], step.last, out), out[:, g:]
+            # array operands: a Python float costs a conversion on every call
+            self.ones, self.halves = np.ones((1, 3 * n), f32), np.full((1, 2 * n), 0.5, f32)
+            self.numerators = np.repeat(np.array([[1, 2]], f32), 2 * n, axis=1)  # i, f | o, g
+            tmp = np.empty((rows, n), f32)
+            self.layers, self.c, self.shares = [], [], []
+            for k, (w_in, w_hh) in enumerate(step.layers):
+                x = None if k == 0 else h1[k - 1]
+                gh = out[:, :g] if w_hh is None else np.empty((rows, g), f32)  # the hidden state's share
+                hh = h1[k] if cell == "gru" or w_hh is None else h[k]  # [h, 1] where a bias row follows
+                self.shares.append((hh, w_hh, gh))
+                if cell == "lstm" and not self.exp:
+                    pre = np.empty((rows, 5 * n), f32)  # i, f, o, g, then c
+                    prod = np.empty((rows, 2 * n), f32)
+                    self.c.append(pre[:, 4 * n:])
+                    self.layers.append((x, w_in, pre[:, :g], gh, h[k], hh, w_hh, pre[:, :2 * n], pre[:, :3 * n],
+                                        pre[:, 3 * n:], prod, prod[:, :n], prod[:, n:], pre[:, 4 * n:], tmp,
+                                        pre[:, 2 * n:3 * n]))
+                elif cell == "lstm":
+                    pre, c = np.empty((rows, g), f32), np.empty((rows, n), f32)
+                    self.c.append(c)
+                    self.layers.append((x, w_in, pre, gh, h[k], hh, w_hh, c, pre[:, :n], pre[:, n:2 * n],
+                                        pre[:, 2 * n:3 * n], pre[:, 3 * n:], tmp))
+                elif cell == "gru":
+                    pre = np.empty((rows, g), f32)
+                    self.layers.append((x, w_in, pre, gh, h[k], hh, w_hh, pre[:, :2 * n], gh[:, :2 * n],
+                                        pre[:, :n], pre[:, n:2 * n], pre[:, 2 * n:], gh[:, 2 * n:], tmp))
+                else:
+                    self.layers.append((x, w_in, np.empty((rows, g), f32), gh, h[k], hh, w_hh))
             self.load(state)
 
         def load(self, state: NumpyState) -> None:
-            """Set the state (L, N, H) arrays, (h,) or (h, c)."""
-            lstm = self.step.cell == "lstm"
-            for k, view in enumerate(self.h_views):
-                np.multiply(state[0][k], 2.0 if lstm else 1.0, out=view)
-            if lstm:
-                for k, view in enumerate(self.c_views):
-                    view[...] = state[1][k]
+            """Set the state: (h,) or (h, c), each (L, N, H)."""
+            for k, h in enumerate(self.h):
+                np.multiply(state[0][k], 2.0 if self.cell == "lstm" else 1.0, out=h)
+            for k, c in enumerate(self.c):
+                c[...] = state[1][k]
+            for h1, w_hh, gh in self.shares[:-1]:  # each layer's share of the next step
+                np.matmul(h1, w_hh, out=gh)
+            np.matmul(*self.last[:2], out=self.last[2])
 
         def state(self) -> NumpyState:
             """A copy of the state: (h,) or (h, c), each (L, N, H)."""
-            h = np.stack(self.h_views)
-            if self.step.cell != "lstm":
+            h = np.stack(self.h)
+            if self.cell != "lstm":
                 return (h,)
             h *= 0.5
-            return h, np.stack(self.c_views)
+            return h, np.stack(self.c)
 
         def __call__(self, idx: np.ndarray) -> np.ndarray:
             """idx (N,) -> logits (N, V); the state moves on by one character."""
-            matmul, add, multiply, tanh = np.matmul, np.add, np.multiply, np.tanh
-            cell = self.step.cell
-            if cell == "lstm":
-                x = self.table[idx]
-                for inp, w, b, pre, sig, if_, gc, prod, p0, p1, c, tmp, o, h in self.ops:
-                    matmul(inp, w, out=pre)
-                    add(pre, b if x is None else x, out=pre)
-                    x = None
-                    tanh(pre, out=pre)
-                    add(sig, 1.0, out=sig)           # 2 sigmoid for o, i, f
-                    multiply(if_, 0.5, out=if_)      # sigmoid for i, f
-                    multiply(if_, gc, out=prod)      # [sigmoid(i) g, sigmoid(f) c]
-                    add(p0, p1, out=c)               # c' = sigmoid(i) g + sigmoid(f) c
-                    tanh(c, out=tmp)
-                    multiply(o, tmp, out=h)          # 2h' = 2 sigmoid(o) tanh(c')
-            elif cell == "gru":
-                for k, (inp, w_in, b_in, gx, h, w_hh, b_hh, gh, rz, ghrz, xn, hn, r, z, tmp) in enumerate(self.ops):
-                    if inp is None:
-                        gx[...] = self.table[idx]
+            matmul, add, multiply, tanh, table, one = np.matmul, np.add, np.multiply, np.tanh, self.table, self.one
+            # each layer: pre-activations, the input's share (a table row, or a product) plus the
+            # hidden state's (made by the last call); the new state; the next call's share
+            if self.cell == "lstm" and not self.exp:
+                for x, w_in, pre, gh, h, hh, w_hh, if_, ifo, gc, prod, p0, p1, c, tmp, o in self.layers:
+                    if x is None:
+                        add(gh, table[idx[0]] if one else table.take(idx, 0), out=pre)
                     else:
-                        matmul(inp, w_in, out=gx)
-                        add(gx, b_in, out=gx)
-                    matmul(h, w_hh, out=gh)
-                    add(gh, b_hh, out=gh)
-                    add(rz, ghrz, out=rz)
+                        add(matmul(x, w_in, out=pre), gh, out=pre)
+                    tanh(pre, out=pre)
+                    add(ifo, self.ones, out=ifo)          # 2 sigmoid for i, f, o
+                    multiply(if_, self.halves, out=if_)   # sigmoid for i, f
+                    multiply(if_, gc, out=prod)           # [sigmoid(i) g, sigmoid(f) c]
+                    add(p0, p1, out=c)                    # c' = sigmoid(i) g + sigmoid(f) c
+                    tanh(c, out=tmp)
+                    multiply(o, tmp, out=h)               # 2h' = 2 sigmoid(o) tanh(c')
+                    if w_hh is not None:
+                        matmul(hh, w_hh, out=gh)
+            elif self.cell == "lstm":
+                for x, w_in, pre, gh, h, hh, w_hh, c, i, f, o, g, tmp in self.layers:
+                    if x is None:  # clip, not raise: that would copy through a buffer
+                        add(np.take(table, idx, 0, out=pre, mode="clip"), gh, out=pre)
+                    else:
+                        add(matmul(x, w_in, out=pre), gh, out=pre)
+                    # pre-activations are a = x / 2 for i, f, o and z for g
+                    multiply(pre, -2.0, out=pre)
+                    with np.errstate(over="ignore"):      # exp(-2a) = inf is right: sigmoid 0
+                        np.exp(pre, out=pre)
+                    add(pre, 1.0, out=pre)
+                    np.divide(self.numerators, pre, out=pre)  # sigmoid(i, f); 2 sigmoid(o), 2 sigmoid(2z)
+                    np.subtract(g, 1.0, out=g)            # tanh(z)
+                    multiply(f, c, out=c)
+                    multiply(i, g, out=tmp)
+                    add(c, tmp, out=c)                    # c' = sigmoid(f) c + sigmoid(i) g
+                    tanh(c, out=tmp)
+                    multiply(o, tmp, out=h)               # 2h' = 2 sigmoid(o) tanh(c')
+                    if w_hh is not None:
+                        matmul(hh, w_hh, out=gh)
+            elif self.cell == "gru":
+                for x, w_in, pre, gh, h, hh, w_hh, rz, gh_rz, r, z, xn, hn, tmp in self.layers:
+                    if x is None:
+                        np.copyto(pre, table[idx[0]] if one else table.take(idx, 0))
+                    else:
+                        matmul(x, w_in, out=pre)
+                    add(rz, gh_rz, out=rz)
                     tanh(rz, out=rz)
                     add(rz, 1.0, out=rz)
-                    multiply(rz, 0.5, out=rz)       # sigmoid for r, z
-                    multiply(r, hn, out=hn)
+                    multiply(rz, 0.5, out=rz)             # sigmoid for r, z
+                    multiply(r, hn, out=hn)               # r (W_hn h + b_hn)
                     add(xn, hn, out=xn)
-                    tanh(xn, out=xn)                 # n
+                    tanh(xn, out=xn)                      # n
                     np.subtract(h, xn, out=tmp)
                     multiply(z, tmp, out=tmp)
-                    add(xn, tmp, out=h)              # h' = (1 - z) n + z h
+                    add(xn, tmp, out=h)                   # h' = (1 - z) n + z h
+                    if w_hh is not None:
+                        matmul(hh, w_hh, out=gh)
             else:
-                x = self.table[idx]
-                for inp, w, b, pre, h in self.ops:
-                    matmul(inp, w, out=pre)
-                    add(pre, b if x is None else x, out=pre)
-                    x = None
+                for x, w_in, pre, gh, h, hh, w_hh in self.layers:
+                    if x is None:
+                        add(gh, table[idx[0]] if one else table.take(idx, 0), out=pre)
+                    else:
+                        add(matmul(x, w_in, out=pre), gh, out=pre)
                     tanh(pre, out=h)
-            h, w_out, b_out, logits = self.head
-            matmul(h, w_out, out=logits)
-            add(logits, b_out, out=logits)
-            return logits
+                    if w_hh is not None:
+                        matmul(hh, w_hh, out=gh)
+            matmul(*self.last[:2], out=self.last[2])      # the logits, and the next call's share
+            return self.logits
 
 
 @torch.no_grad()

@@ -6,14 +6,17 @@ seed gives the same text.
 """
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Generator
 from typing import TextIO
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from charrnn.config import SampleConfig
+from charrnn.device import ThreadGovernor
 from charrnn.model import CharRNN, NumpyStep, State, state_from_list, state_to_list
 from charrnn.vocab import Vocab
 
@@ -45,13 +48,33 @@ def filter_logits(logits: np.ndarray, temperature: float, top_k: int | None = No
 
 
 def draw(logits: np.ndarray, config: SampleConfig, generator: np.random.Generator) -> np.ndarray:
-    """One character index per row of logits (N, V), under the config's temperature and filters."""
+    """One character index per row of logits (N, V), under the config's temperature and filters.
+
+    Two exact methods, whichever is cheaper: Gumbel-max for one row, the inverse CDF for several.
+    """
     if config.temperature == 0:  # greedy
         return logits.argmax(-1)
-    logits = filter_logits(logits, config.temperature, config.top_k, config.top_p)
-    # Gumbel-max: the argmax of logits plus Gumbel noise is a draw from softmax(logits), in three
-    # numpy calls; characters at -inf are never drawn.
-    return (logits + generator.gumbel(size=logits.shape)).argmax(-1)
+    temperature = config.temperature
+    if config.top_k is not None or config.top_p is not None:
+        logits, temperature = filter_logits(logits, temperature, config.top_k, config.top_p), 1.0
+    if len(logits) == 1:
+        # One row (one stream): Gumbel-max. argmax(logits + T g), g Gumbel noise, is the argmax of
+        # logits / T + g, a draw from softmax(logits / T). For one row the number of numpy calls
+        # decides, not that of random numbers: this takes three, the inverse CDF below seven.
+        return (logits[0] + generator.gumbel(0.0, temperature, logits.shape[1])).argmax(keepdims=True)
+    if temperature < 1e-3:
+        # float32 logits / temperature could pass float32's range; in float64 no |logit| < 1e278
+        # does, and at 1e-30 the draw is already greedy for any logits a model makes
+        logits, temperature = logits.astype(np.float64), max(temperature, 1e-30)
+    # Several rows: inverse CDF. One uniform number u per row, scaled to the row's total of
+    # exp(logits / T), picks the first character whose cumulative sum passes it. u < total, and a
+    # character of probability 0 (at -inf, or too small to add anything) has an empty interval.
+    x = logits - logits.max(-1, keepdims=True)
+    if temperature != 1:
+        x /= temperature
+    cdf = np.exp(x, out=x).cumsum(-1, dtype=np.float64)
+    u = generator.random(len(cdf)) * cdf[:, -1]
+    return (cdf > u[:, None]).argmax(-1)
 
 
 def start_indices(vocab: Vocab, prime: str, skip_unknown: bool = False) -> list[int]:
@@ -107,7 +130,6 @@ def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = ""
             on_text(new[0])
 
 
-@torch.no_grad()
 def sample_steps(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = "", *,
                  num_samples: int = 1, generator: np.random.Generator | None = None,
                  state: State | None = None, skip_unknown: bool = False, step: NumpyStep | None = None,
@@ -120,29 +142,54 @@ def sample_steps(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str 
     generator = generator or np.random.default_rng(config.seed)
     model.eval()
     idx = torch.tensor(start_indices(vocab, prime, skip_unknown), device=device)
-    log_probs, model_state = model(idx.expand(num_samples, -1), _expand(state, num_samples))
+    # no_grad here, not as a decorator: on a generator function that wraps every step's resumption
+    # in two grad-mode switches, about 10 microseconds a character
+    with torch.no_grad():
+        log_probs, model_state = model(idx.expand(num_samples, -1), _expand(state, num_samples))
     logits = log_probs[:, -1].cpu().numpy()                    # (N, V)
-    state = tuple(s.float().numpy() for s in state_to_list(model_state))
-    step = step or NumpyStep(model)
+    # the state stays in the stream's buffers, moved on in place, one character a call
+    stream = (step or NumpyStep(model)).stream(tuple(s.float().numpy() for s in state_to_list(model_state)))
     stop = config.stop or ""
     tails = [seen_prime(vocab, prime, skip_unknown)[-(len(stop) - 1):] if len(stop) > 1 else ""] * num_samples
     chars = vocab.chars
     done = [False] * num_samples  # a list, not an array: this loop runs once per character
-    for t in range(config.length):
-        nxt = draw(logits, config, generator)                  # (N,)
-        new = [None if d else chars[c] for d, c in zip(done, nxt.tolist())]
-        for i, char in enumerate(new):
-            if char is not None and stop:  # the last len(stop) characters, prime included
-                tails[i] = (tails[i] + char)[-len(stop):]
-                done[i] = tails[i] == stop
-        yield new
-        if all(done) or t == config.length - 1:
-            break
-        logits, new_state = step(nxt, state)
-        if any(done):  # a finished sample keeps the state from before its last character
-            rows = np.array(done)[:, None]
-            new_state = tuple(np.where(rows, old, new) for old, new in zip(state, new_state))
-        state = new_state
+    kept = None  # the state of each finished sample, from before its last character
+    # numpy's BLAS threads: one for a few rows (too little work to share); for a batch, the cores
+    # other processes leave free (two threads wait for each other at every product, and a busy
+    # neighbour turns that into a quarter of the speed: bench/contention.py).
+    cores = os.cpu_count() or 1
+    limits = threadpool_limits(limits=1 if num_samples < 4 else cores, user_api="blas")
+    governor = (ThreadGovernor(cores, interval=0.5, apply=lambda n: threadpool_limits(limits=n, user_api="blas"))
+                if num_samples >= 4 and cores > 1 else lambda: None)
+    try:
+        for t in range(config.length):
+            nxt = draw(logits, config, generator)                  # (N,)
+            new = [None if d else chars[c] for d, c in zip(done, nxt.tolist())]
+            if stop:
+                finished = []
+                for i, char in enumerate(new):  # the last len(stop) characters, prime included
+                    if char is not None:
+                        tails[i] = (tails[i] + char)[-len(stop):]
+                        if tails[i] == stop:
+                            done[i] = True
+                            finished.append(i)
+                if finished:  # a finished sample keeps the state from before its last character
+                    now = stream.state()
+                    if kept is None:
+                        kept = now
+                    for mine, current in zip(kept, now):
+                        mine[:, finished] = current[:, finished]
+            yield new
+            if all(done) or t == config.length - 1:
+                break
+            logits = stream(nxt)  # finished samples move on too, unseen: cheaper than taking them out
+            governor()
+    finally:
+        limits.restore_original_limits()
+    state = stream.state()
+    if kept is not None:
+        for mine, finished in zip(state, kept):
+            mine[:, done] = finished[:, done]
     return state_from_list([torch.from_numpy(s) for s in state], device)
 
 

@@ -301,3 +301,70 @@ def test_skip_unknown_drops_unknown_prime_characters(trained):
 
 def test_empty_prime_starts_from_a_newline(trained):
     assert sample(trained, prime="", temperature=0.0)[0] == sample(trained, prime="\n", temperature=0.0)[0]
+
+
+# ---------------------------------------------------------------- the draw's two methods, the stream
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("rows", [1, 64], ids=["one row (Gumbel-max)", "many rows (inverse CDF)"])
+def test_draws_follow_the_softmax_one_row_or_many(temperature, rows):
+    log_probs = random_log_probs(1, 12, seed=4)
+    expected = next_char_probs(log_probs, temperature)[0]
+    config, generator = SampleConfig(temperature=temperature), np.random.default_rng(0)
+    batch = np.repeat(log_probs, rows, axis=0)
+    drawn = np.concatenate([draw(batch, config, generator) for _ in range(20_000 // rows)])
+    assert drawn.shape == (20_000 // rows * rows,)
+    frequencies = np.bincount(drawn, minlength=12) / len(drawn)
+    # 5 standard deviations of a frequency over 20,000 draws is at most 0.018
+    assert np.abs(frequencies - expected).max() < 0.018, (frequencies, expected)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_characters_of_probability_zero_are_never_drawn(rows):
+    # -inf first, last and inside; a finite character far below the rest (exp underflows to 0)
+    row = np.array([-np.inf, 0.0, -np.inf, -1.0, -200.0, 0.5, -np.inf], np.float32)
+    config, generator = SampleConfig(temperature=1.0), np.random.default_rng(0)
+    drawn = np.concatenate([draw(np.repeat(row[None], rows, 0), config, generator) for _ in range(4000 // rows)])
+    assert set(drawn.tolist()) == {1, 3, 5}
+    for top_k, top_p in [(2, None), (None, 0.5)]:
+        config = SampleConfig(temperature=1.0, top_k=top_k, top_p=top_p)
+        drawn = [draw(np.repeat(row[None], rows, 0), config, generator) for _ in range(500)]
+        assert set(np.concatenate(drawn).tolist()) <= {1, 5}
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-5])
+def test_a_tiny_temperature_draws_the_argmax(rows, temperature):
+    log_probs = random_log_probs(rows, 30, seed=5, scale=20.0)
+    log_probs[:, 0] = log_probs.max(-1) - 1e-3  # a close second; the rest far below
+    drawn = draw(log_probs, SampleConfig(temperature=temperature), np.random.default_rng(0))
+    assert np.array_equal(drawn, log_probs.argmax(-1))
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("rows", [1, 3, 9])  # from 4 rows on an LSTM computes its gates with exp
+@pytest.mark.parametrize("layers", [1, 2])
+def test_stream_equals_the_model_step_by_step(cell, rows, layers):
+    from charrnn.model import CharRNN, ModelConfig, NumpyStep
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(vocab_size=11, model=cell, rnn_size=16, num_layers=layers, embedding_size=8)).eval()
+    state = start = tuple(torch.randn(layers, rows, 16) * 2 for _ in range(2 if cell == "lstm" else 1))
+    given = tuple(s.numpy().copy() for s in state)
+    stream = NumpyStep(model).stream(given)  # holds its own copy: `given` stays as it is
+    idx = torch.randint(0, 11, (rows, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for t in range(idx.shape[1]):
+            logits = stream(idx[:, t].numpy())
+            expected, state = model(idx[:, t:t + 1], state)
+            assert torch.allclose(torch.from_numpy(logits).log_softmax(-1), expected[:, 0], atol=1e-5)
+            for mine, theirs in zip(stream.state(), state):
+                assert torch.allclose(torch.from_numpy(mine), theirs, atol=1e-5)
+    assert all(np.array_equal(mine, s.numpy()) for mine, s in zip(given, start))
+
+
+def test_same_seed_same_texts_for_several_samples(trained):
+    texts = sample(trained, seed=3, num_samples=9, length=30)[0]  # 9 rows: the inverse CDF
+    assert sample(trained, seed=3, num_samples=9, length=30)[0] == texts
+    assert sample(trained, seed=4, num_samples=9, length=30)[0] != texts
