@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from charrnn import flags
@@ -83,7 +84,9 @@ def main() -> int:
         print(model.describe())
     elif "score" in args:
         score = model.score_file(args["score"], args.get("encoding"), bool(args.get("skip_unknown")))
-        print(f"{args['score']}: {score.nats:.4f} nats/char, {score.bits:.4f} bits/char over {score.chars:,} characters")
+        from charrnn.evaluate import describe_score
+
+        print(describe_score(args["score"], score.nats, score.chars))
     elif "export_web" in args:
         index = model.export_web(args["export_web"], args.get("export_dtype", "float32"))
         print(f"wrote {index}; open it in a browser (it works offline, from disk)")
@@ -109,8 +112,8 @@ def write_samples(model, sample: SampleConfig, args: dict) -> None:
     shown = model.seen_prime(prime, skip)  # what the model reads: checked before any output
     n = args.get("num_samples", 1)
     if "output" in args:  # a seed for every file, so that each sample can be made again
-        sample = SampleConfig(**{**sample.__dict__, "seed": sample.seed if sample.seed is not None
-                                 else int(np.random.SeedSequence().entropy % 2**63)})
+        if sample.seed is None:
+            sample = replace(sample, seed=int(np.random.SeedSequence().entropy % 2**63))
     if n == 1 and "output" not in args:
         sys.stdout.write(shown)
         generate(model.net, model.vocab, sample, prime, on_text=Streamer(sys.stdout), skip_unknown=skip)
@@ -121,7 +124,7 @@ def write_samples(model, sample: SampleConfig, args: dict) -> None:
         for i, text in enumerate(texts, 1):
             print(f"--- sample {i} ---\n{shown}{text}")
     elif args.get("format") == "jsonl":
-        rows = [{"sample": i, "text": shown + t, **sample.__dict__, "prime": shown,
+        rows = [{"sample": i, "text": shown + t, **asdict(sample), "prime": shown,
                  "checkpoint": str(model.path)} for i, t in enumerate(texts)]
         write_text(Path(args["output"]), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     else:

@@ -69,4 +69,5 @@ def score_tokens(model: CharRNN, tokens: np.ndarray, what: str = "the text") -> 
 
 
 def describe_score(what: str, nats: float, count: int) -> str:
+    """The line `generate.py --score` prints (tests and bench/web_speed.py read it)."""
     return f"{what}: {nats:.4f} nats/char, {nats / math.log(2):.4f} bits/char over {count:,} characters"
