@@ -21,7 +21,7 @@ from torch import nn
 
 from charrnn import corpus, data
 from charrnn.config import parse_duration
-from charrnn.evaluate import evaluate
+from charrnn.evaluate import evaluate, score_tokens
 from common import SHAKESPEARE
 
 
@@ -94,8 +94,11 @@ def main() -> None:
                       "val_loss": round(evaluate(loop.model, val), 4)})
         print(f"baseline: step {steps} at {trained:.0f} s: val {curve[-1]['val_loss']:.4f} nats/char", flush=True)
     cps = steps * args.batch_size * args.seq_length / trained
-    print(f"baseline: {steps} steps in {trained:.0f} s, {cps:,.0f} chars/s")
-    print(json.dumps({"steps": steps, "seconds": round(trained, 1), "chars_per_sec": round(cps), "curve": curve}))
+    one_stream, _ = score_tokens(loop.model, val)  # as generate.py --score reads the split
+    print(f"baseline: {steps} steps in {trained:.0f} s, {cps:,.0f} chars/s; the split as one stream: "
+          f"{one_stream:.4f} nats/char")
+    print(json.dumps({"steps": steps, "seconds": round(trained, 1), "chars_per_sec": round(cps), "curve": curve,
+                      "one_stream": round(one_stream, 4)}))
 
 
 if __name__ == "__main__":

@@ -1,41 +1,62 @@
 """Validation loss per CPU-minute: charrnn's defaults against the plain PyTorch LSTM, same budget.
 
-Runs `train.py --time-budget B` (the default configuration) and then bench/baseline.py with the
-same budget, one after the other, each in a child process. Prints validation loss on
-tinyshakespeare at 1, 3, 5 and 10 minutes (60 too with --long), training characters per second
-and each child's peak RSS, as a table and a final JSON line. charrnn's figure at a mark is its
-last evaluation by then (it evaluates every --eval-every steps, and its budget counts the time
-spent evaluating); the baseline stops its clock to evaluate exactly at each mark. Example:
+Runs `train.py --time-budget B` (the default configuration) and bench/baseline.py with the same
+budget, each in a child process: one after the other with every core each, or with --side-by-side
+both at once, each pinned to one core with one thread (half the wall time; the two share the
+machine's memory bandwidth and any noise alike). Prints validation loss on tinyshakespeare at 1,
+3, 5 and 10 minutes and at the end of the budget, the final score of the whole split read as one stream
+(charrnn's by `generate.py --score` on its last checkpoint), training characters per second and
+each child's peak RSS, as a table and a final JSON line. charrnn's figure at a mark is its last
+evaluation by then (its budget counts the time spent evaluating); the baseline stops its clock
+to evaluate exactly at each mark. Example:
 
-    python bench/quality.py            # about 21 minutes
+    python bench/quality.py                                    # about 21 minutes
+    python bench/quality.py --time-budget 60m --side-by-side   # about 62 minutes
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from pathlib import Path
 
+from charrnn import corpus, data
+from charrnn.config import parse_duration
 from common import REPO, SHAKESPEARE
 
 
-def run_child(cmd: list[str]) -> tuple[str, float]:
-    """Run cmd, echoing its output; return the output and the child's peak RSS in MB."""
-    print("$ " + shlex.join(cmd), flush=True)
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in child.stdout:
-        print("  " + line, end="", flush=True)
-        lines.append(line)
+def start_child(cmd: list[str], name: str, core: int | None) -> tuple[subprocess.Popen, list[str], threading.Thread]:
+    """Start cmd (pinned to `core` with one thread, if given); a thread echoes and keeps its output."""
+    print(f"$ {shlex.join(cmd)}" + (f"  (core {core})" if core is not None else ""), flush=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if core is not None else {})}
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                             preexec_fn=None if core is None else lambda: os.sched_setaffinity(0, {core}))
+    lines: list[str] = []
+
+    def pump():
+        for line in child.stdout:
+            print(f"  {name}: {line}", end="", flush=True)
+            lines.append(line)
+
+    reader = threading.Thread(target=pump)
+    reader.start()
+    return child, lines, reader
+
+
+def finish_child(started: tuple[subprocess.Popen, list[str], threading.Thread], name: str) -> tuple[str, float]:
+    """Wait for a child; its output and its peak RSS in MB."""
+    child, lines, reader = started
     _, status, usage = os.wait4(child.pid, 0)
+    reader.join()
     if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{cmd[1]} failed")
+        sys.exit(f"{name} failed")
     return "".join(lines), usage.ru_maxrss / 1024
 
 
@@ -45,35 +66,66 @@ def at_marks(curve: list[dict], marks: list[float]) -> list[dict | None]:
             for mark in marks]
 
 
+def validation_file(folder: Path) -> Path:
+    """The split train.py validates on (the last 10%), written out for generate.py --score."""
+    text = corpus.load(corpus.resolve(str(SHAKESPEARE)))
+    _, val, _ = data.split(text.tokens, 0.1)
+    path = folder / "validation.txt"
+    path.write_text(text.vocab.decode(val), encoding="utf-8")
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--long", action="store_true", help="a 60-minute budget instead of 10 (about 2 hours)")
+    p.add_argument("--time-budget", type=parse_duration, default=600.0, help="each side's budget (default 10m)")
+    p.add_argument("--run-dir", help="keep charrnn's run in this new folder (default: a temporary one)")
+    p.add_argument("--side-by-side", action="store_true", help="run both at once, one core and one thread each")
     p.add_argument("--charrnn-args", default="", help="extra train.py flags, to try a configuration")
     p.add_argument("--skip-baseline", action="store_true", help="run charrnn only")
     args = p.parse_args()
     if not SHAKESPEARE.exists():
         sys.exit(f"the benchmark corpus {SHAKESPEARE} is missing")
-    marks = [60.0, 180.0, 300.0, 600.0] + ([3600.0] if args.long else [])
-    budget = f"{marks[-1]:.0f}s"
-    results = {}
+    marks = [m for m in (60.0, 180.0, 300.0, 600.0) if m < args.time_budget] + [args.time_budget]
+    budget = f"{args.time_budget:.0f}s"
+    cores = (0, 1) if args.side_by_side else (None, None)
+    threads = ["--threads", "1"] if args.side_by_side else []
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        out, rss = run_child([sys.executable, str(REPO / "train.py"), "--corpus", str(SHAKESPEARE),
-                              "--time-budget", budget, "--checkpoint-dir", tmp, *shlex.split(args.charrnn_args)])
-        rows = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+        run = Path(args.run_dir or Path(tmp) / "run")
+        commands = {"charrnn": [sys.executable, str(REPO / "train.py"), "--corpus", str(SHAKESPEARE),
+                                "--time-budget", budget, "--checkpoint-dir", str(run), *threads,
+                                *shlex.split(args.charrnn_args)]}
+        if not args.skip_baseline:
+            commands["baseline"] = [sys.executable, str(REPO / "bench" / "baseline.py"), "--corpus", str(SHAKESPEARE),
+                                    "--time-budget", budget, "--marks", ",".join(f"{m:.0f}s" for m in marks)]
+        outputs = {}
+        if args.side_by_side:
+            started = {name: start_child(cmd, name, core) for (name, cmd), core in zip(commands.items(), cores)}
+            outputs = {name: finish_child(s, name) for name, s in started.items()}
+        else:
+            for name, cmd in commands.items():
+                outputs[name] = finish_child(start_child(cmd, name, None), name)
+        score = subprocess.run([sys.executable, str(REPO / "generate.py"), "--checkpoint", str(run / "last.pt"),
+                                "--score", str(validation_file(Path(tmp)))], capture_output=True, text=True)
+        match = re.search(r": ([\d.]+) nats/char", score.stdout)
+        if not match:
+            sys.exit(f"generate.py --score failed: {score.stderr.strip()}")
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         rows = [row for row in rows if "val_loss" in row]  # evaluations, not the training-loss log
-        last = rows[-1]
-        results["charrnn"] = {"curve": at_marks(rows, marks), "steps": last["step"], "peak_rss_mb": round(rss),
-                              "chars_per_sec": round(statistics.mean(r["chars_per_sec"] for r in rows if r["chars_per_sec"])),
-                              "wall_s": round(time.perf_counter() - start)}
-    if not args.skip_baseline:
-        start = time.perf_counter()
-        out, rss = run_child([sys.executable, str(REPO / "bench" / "baseline.py"), "--corpus", str(SHAKESPEARE),
-                              "--time-budget", budget, "--marks", ",".join(f"{m:.0f}s" for m in marks)])
-        summary = json.loads(out.splitlines()[-1])
+        model = json.loads((run / "config.json").read_text())["model"]
+    results = {"charrnn": {"curve": at_marks(rows, marks), "steps": rows[-1]["step"],
+                           "model": f"{model['num_layers']}x{model['rnn_size']} dropout {model['dropout']}",
+                           "one_stream": float(match.group(1)), "peak_rss_mb": round(outputs["charrnn"][1]),
+                           "chars_per_sec": round(statistics.mean(r["chars_per_sec"] for r in rows
+                                                                  if r["chars_per_sec"]))}}
+    if "baseline" in outputs:
+        summary = json.loads(outputs["baseline"][0].splitlines()[-1])
         results["baseline"] = {"curve": at_marks(summary["curve"], marks), "steps": summary["steps"],
-                               "peak_rss_mb": round(rss), "chars_per_sec": summary["chars_per_sec"],
-                               "wall_s": round(time.perf_counter() - start)}
+                               "model": "2x256", "one_stream": summary["one_stream"],
+                               "peak_rss_mb": round(outputs["baseline"][1]), "chars_per_sec": summary["chars_per_sec"]}
+    print_table(results, marks)
+
+
+def print_table(results: dict, marks: list[float]) -> None:
     names = list(results)
     print("\n| validation loss (nats/char) | " + " | ".join(names) + " |")
     print("| --- |" + " --- |" * len(names))
@@ -82,10 +134,11 @@ def main() -> None:
         for name in names:
             row = results[name]["curve"][i]
             cells.append("-" if row is None else f"{row['val_loss']:.3f} (at {row['elapsed']:.0f} s)")
-        print(f"| {mark / 60:.0f} min | " + " | ".join(cells) + " |")
-    print("| train chars/s | " + " | ".join(f"{results[n]['chars_per_sec']:,}" for n in names) + " |")
-    print("| steps | " + " | ".join(f"{results[n]['steps']:,}" for n in names) + " |")
-    print("| peak RSS | " + " | ".join(f"{results[n]['peak_rss_mb']} MB" for n in names) + " |")
+        print(f"| {mark / 60:g} min | " + " | ".join(cells) + " |")
+    for label, key in (("whole split, one stream, at the end", "one_stream"), ("model", "model"),
+                       ("train chars/s", "chars_per_sec"), ("steps", "steps"), ("peak RSS MB", "peak_rss_mb")):
+        print(f"| {label} | " + " | ".join(f"{results[n][key]:,}" if isinstance(results[n][key], int)
+                                           else str(results[n][key]) for n in names) + " |")
     print(json.dumps(results))
 
 

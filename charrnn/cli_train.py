@@ -20,8 +20,9 @@ GROUPS = {  # help sections, in order: (config class, its fields)
 def build_parser() -> flags.Parser:
     p = flags.Parser(description="Train a character-level RNN/LSTM/GRU on a text corpus and save "
                      "checkpoints that generate.py samples from and --resume continues. The defaults are "
-                     "the configuration that reached the lowest validation loss on tinyshakespeare in 10 "
-                     "minutes on a 2-core CPU (bench/quality.py, bench/RESULTS.md).")
+                     "the measured winners: the settings that reached the lowest validation loss on "
+                     "tinyshakespeare on 2-core CPUs, with the model's size picked for the time budget "
+                     "(bench/quality.py, bench/RESULTS.md).")
     for title, (cls, names) in GROUPS.items():
         flags.add_options(p.add_argument_group(title), cls, names)
     g = p.add_argument_group("start from a checkpoint")

@@ -17,6 +17,10 @@ CELLS = ("rnn", "lstm", "gru")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
 DEFAULT_TIME_BUDGET = 600.0  # seconds, used only when no other stopping rule is given
+# The shapes a time budget chooses from, (layers, rnn size, dropout), smallest first; the first is
+# the fixed default. Each is the best dropout measured for its size; see sizing.py and bench/RESULTS.md.
+SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35))
+MIN_PASSES = 8.0  # a shape is affordable when the budget gives it this many passes over the corpus
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,11 @@ class ModelConfig:
     """The network's shape; `vocab_size` comes from the corpus, the rest from flags."""
     vocab_size: int = option(0, flag=False, check=NONNEGATIVE_INT)
     model: str = option("lstm", "recurrent cell", choices=CELLS)
-    rnn_size: int = option(256, "hidden units per layer", check=POSITIVE_INT)
+    rnn_size: int = option(256, "hidden units per layer. A --time-budget run given none of --rnn-size, "
+                           "--num-layers and --dropout picks all three: the largest of "
+                           f"{', '.join(f'{l}x{n}' for l, n, _ in SIZE_LADDER)} that makes {MIN_PASSES:g} "
+                           "passes over the corpus in the budget at this machine's measured speed",
+                           check=POSITIVE_INT)
     num_layers: int = option(2, "stacked layers", check=POSITIVE_INT)
     embedding_size: int = option(64, "width of the input lookup (one-hot x weights, done as a lookup)",
                                  check=POSITIVE_INT)
@@ -102,8 +110,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A training run. The defaults are the configuration that reached the lowest validation loss on
-    tinyshakespeare in 10 minutes on a 2-core CPU; the runs behind each choice are in bench/RESULTS.md."""
+    """A training run. The defaults are the measured winners on tinyshakespeare on 2-core CPUs: the
+    optimisation settings from 10-minute runs, and on a time budget the model's shape from
+    SIZE_LADDER by the budget (sizing.py); the runs behind each choice are in bench/RESULTS.md."""
     # data
     corpus: str | None = option(None, "a text file, a directory of text files, or a name: corpora/NAME.txt, "
                                 "or 'tinyshakespeare' (downloaded on first use). Default: the Python "
@@ -150,8 +159,8 @@ class TrainConfig:
     seed: int = option(1337, "random seed; with --max-steps or --max-epochs the same seed gives the "
                        "same run on CPU (a --time-budget schedule follows the clock)", check=SEED)
     device: str = option("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)
-    dtype: str = option("auto", "auto: bf16 autocast on CUDA, fp32 on CPU; bfloat16 on a CPU needs "
-                        "AVX512-BF16 or AMX", choices=DTYPES)
+    dtype: str = option("auto", "auto: bf16 autocast where the GPU or CPU runs it natively (CUDA, "
+                        "AVX512-BF16, AMX), else fp32", choices=DTYPES)
     threads: int | None = option(None, "CPU threads (default: all cores)", check=THREADS)
 
     def __post_init__(self):

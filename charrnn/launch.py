@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charrnn import checkpoint, corpus, data, distributed, rng
+from charrnn import checkpoint, corpus, data, distributed, rng, sizing
 from charrnn.config import TrainConfig
 from charrnn.device import ThreadGovernor, autocast_dtype, pick_device, set_threads
 from charrnn.errors import CharRNNError
@@ -55,7 +55,9 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
             base = load_base(init_from, overrides or {}) if init_from else None
             if base:  # the network's shape is the base model's
                 config = config.with_options(**{name: getattr(base[0].config, name) for name in SHAPE})
-            trainer = build(config, world, base=base, overwrite=overwrite)
+            # on a time budget the model's size is chosen for it, unless the user chose it
+            size = not base and config.time_budget and not sizing.SHAPE_OPTIONS & set(overrides or {})
+            trainer = build(config, world, base=base, overwrite=overwrite, size_for_budget=bool(size))
         if world.is_main:
             trainer.run_dir.start(asdict(trainer.config))
         trainer.callbacks.extend(callbacks)
@@ -66,7 +68,7 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
 
 def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | None = None,
           base: tuple[CharRNN, Vocab, list] | None = None, run_dir: Path | None = None,
-          overwrite: bool = False) -> Trainer:
+          overwrite: bool = False, size_for_budget: bool = False) -> Trainer:
     """Set up the process and build a Trainer: the one place with process-wide side effects."""
     device = pick_device(config.device)
     if device.type == "cuda" and world.active:
@@ -75,7 +77,6 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     distributed.start(world, device)
     amp = autocast_dtype(device, config.dtype)
     threads = set_threads(config.threads, world.local_size)
-    rng.seed_everything(config.seed + world.rank)  # ranks draw different dropout masks
 
     text = corpus.load(corpus.resolve(config.corpus, config.encoding))
     # A fine-tune (and its resumption) knows the base model's characters too: the union, sorted.
@@ -87,6 +88,11 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     if len(val_tokens) < 2:
         raise CharRNNError(f"the validation split of {text.name} is empty; "
                            "use a longer corpus or a larger --val-frac")
+    if size_for_budget:
+        config, why = sizing.size_for_budget(config, len(train_tokens), len(vocab), device, amp, world)
+        if why and world.is_main:
+            print(why, flush=True)
+    rng.seed_everything(config.seed + world.rank)  # ranks draw different dropout masks
     if config.batching == "stream":
         batches = data.StreamBatches(train_tokens, config.batch_size, config.seq_length, world.rank, world.size)
     else:

@@ -31,25 +31,26 @@ def test_an_absent_or_unknown_device_is_an_error_not_a_fallback(no_accelerators)
         pick_device("tpu")
 
 
-def test_bf16_autocast_by_default_on_cuda_only(monkeypatch):
+def test_bf16_autocast_by_default_on_cuda_with_bf16(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     cuda = torch.device("cuda")
     assert autocast_dtype(cuda, "auto") is torch.bfloat16
     assert autocast_dtype(cuda, "bfloat16") is torch.bfloat16
     assert autocast_dtype(cuda, "float32") is None
-    assert autocast_dtype(torch.device("cpu"), "auto") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert autocast_dtype(cuda, "auto") is None
 
 
-def test_bf16_on_cpu_only_on_request_and_only_where_the_cpu_has_it(monkeypatch):
+def test_bf16_on_cpu_by_default_only_where_the_cpu_runs_it_natively(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert autocast_dtype(cpu, "auto") is None
     with pytest.raises(CharRNNError, match="needs a CUDA GPU with bf16 support or a CPU with bf16"):
         autocast_dtype(cpu, "bfloat16")
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
     assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16
-    assert autocast_dtype(cpu, "auto") is None  # not measured on such a CPU, so not the default
+    assert autocast_dtype(cpu, "auto") is torch.bfloat16
+    assert autocast_dtype(cpu, "float32") is None
 
 
 def test_threads_are_shared_between_processes_on_a_machine():

@@ -280,7 +280,8 @@ def test_prime_starts_the_prompts_text_and_num_samples_is_refused_there(tiny_che
         answers[prime] = out.strip()
     _, plain, _ = cli("--checkpoint", tiny_checkpoint, "--prime", "the lazy ", "--temperature", 0, "--length", 31)
     assert answers["the lazy "] != answers[""]
-    assert answers["the lazy "] == plain.strip()[len("the lazy "):][:30]  # the prompt continues the prime
+    # the prompt continues the prime (its answer is stripped: so is the slice compared with it)
+    assert answers["the lazy "] == plain.strip()[len("the lazy "):][:30].strip()
     code, out, err = cli("--checkpoint", tiny_checkpoint, "--interactive", "--num-samples", 2)
     assert_one_line_error(code, out, err)
     assert "--num-samples does not apply to --interactive" in err

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn import checkpoint
+from charrnn import checkpoint, sizing
 from charrnn.errors import CharRNNError
 from charrnn.config import TrainConfig
 from charrnn.evaluate import evaluate
@@ -438,3 +438,59 @@ def test_a_short_time_budget_run_evaluates_before_its_end(tmp_path, monkeypatch)
                sample_length=0))
     evals = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len([r for r in evals if "val_loss" in r]) >= 4
+
+
+# --- the model's size on a time budget (charrnn.sizing) ---
+
+def test_a_budget_picks_the_largest_rung_that_makes_enough_passes(monkeypatch):
+    speeds = {256: 60_000.0, 384: 30_000.0, 512: 15_000.0}  # chars/s a rung trains at, by size
+    timed = []
+
+    def fake_speed(config, *_):
+        timed.append((config.model.num_layers, config.model.rnn_size))
+        return speeds[config.model.rnn_size] / (config.model.num_layers - 1)
+
+    monkeypatch.setattr(sizing, "chars_per_second", fake_speed)
+    config = TrainConfig(time_budget=600.0)
+    # 1M characters: 2x512 makes 9 passes in 600 s, 3x512 4.5, fewer than MIN_PASSES
+    chosen, why = sizing.size_for_budget(config, 1_000_000, 65, torch.device("cpu"), None)
+    assert (chosen.model.num_layers, chosen.model.rnn_size, chosen.model.dropout) == (2, 512, 0.3)
+    assert timed == [(2, 384), (2, 512), (3, 512)] and "2x512" in why and "3x512 4.5" in why
+    assert chosen.seq_length == config.seq_length and chosen.time_budget == 600.0
+    timed.clear()  # 5 minutes: 2x384 makes 9 passes, 2x512 4.5
+    chosen, _ = sizing.size_for_budget(replace(config, time_budget=300.0), 1_000_000, 65, torch.device("cpu"), None)
+    assert chosen.model.rnn_size == 384 and timed == [(2, 384), (2, 512)]
+    timed.clear()  # a minute: none affordable beyond the first rung, the default shape
+    chosen, _ = sizing.size_for_budget(replace(config, time_budget=60.0), 1_000_000, 65, torch.device("cpu"), None)
+    assert chosen.model == TrainConfig().model and timed == [(2, 384)]
+
+
+def test_a_small_corpus_keeps_the_default_shape_without_timing(monkeypatch):
+    monkeypatch.setattr(sizing, "chars_per_second", lambda *a: pytest.fail("timed a rung for a small corpus"))
+    chosen, why = sizing.size_for_budget(TrainConfig(time_budget=3600.0), 50_000, 65, torch.device("cpu"), None)
+    assert chosen.model == TrainConfig().model and why == ""
+
+
+def test_chars_per_second_times_real_training_steps():
+    config = TrainConfig.from_options(rnn_size=16, num_layers=1, embedding_size=8, batch_size=4, seq_length=8)
+    assert 0 < sizing.chars_per_second(config, 20, torch.device("cpu"), None) < 1e9
+
+
+def test_only_a_new_time_budget_run_with_no_shape_given_is_sized(tmp_path, monkeypatch):
+    calls = []
+
+    def record(config, *args):
+        calls.append(config)
+        return config.with_options(rnn_size=24), "sized"
+
+    monkeypatch.setattr(sizing, "size_for_budget", record)
+    corpus = corpus_file(tmp_path)
+    config = tiny(corpus, tmp_path / "a", max_steps=None, time_budget=0.5)
+    train(config, overrides={}, progress_bar=False)
+    assert len(calls) == 1 and checkpoint.load(tmp_path / "a" / "last.pt")["train_config"]["model"]["rnn_size"] == 24
+    train(tiny(corpus, tmp_path / "b", max_steps=None, time_budget=0.5), overrides={"rnn_size": 16},
+          progress_bar=False)
+    train(tiny(corpus, tmp_path / "c"), overrides={}, progress_bar=False)  # a step count, not a budget
+    train(tiny(corpus, tmp_path / "d", max_steps=None, time_budget=0.5), init_from=str(tmp_path / "a"),
+          overrides={}, progress_bar=False)  # a fine-tune keeps its base's shape
+    assert len(calls) == 1

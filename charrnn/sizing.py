@@ -1,0 +1,75 @@
+"""The model a time budget affords: the largest of a measured ladder of sizes that still makes
+enough passes over the corpus in the budget, timed on this machine before training starts.
+
+Why: on a fixed budget a small model wins when it can see the text few times, and loses once it
+has seen it often enough to overfit (a 2x256 LSTM stops improving on tinyshakespeare after about
+ten passes, bench/RESULTS.md). How many passes a budget buys depends on the machine (2-3x between
+CPU generations, 1.5-1.8x more where the CPU has bf16 instructions) and on the corpus, so the
+choice is made from a measured speed, not from the budget alone.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import torch
+
+from charrnn.config import MIN_PASSES, SIZE_LADDER, TrainConfig
+from charrnn.distributed import World, sum_all
+from charrnn.model import CharRNN
+
+# A guard, not a measurement: a rung is only considered for a corpus of at least a sixth of its
+# parameter count in characters, so a small corpus keeps the first rung whatever the budget.
+MAX_PARAMETERS_PER_CHAR = 6.0
+SHAPE_OPTIONS = {"rnn_size", "num_layers", "dropout"}
+
+
+def chars_per_second(config: TrainConfig, vocab_size: int, device: torch.device,
+                     amp: torch.dtype | None, steps: int = 3) -> float:
+    """Training speed of a fresh model of this config: the median of a few full steps on random text."""
+    model = CharRNN(replace(config.model, vocab_size=vocab_size)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randint(vocab_size, (config.batch_size, config.seq_length + 1), device=device)
+    times = []
+    for _ in range(steps + 1):  # the first step pays for allocation and kernel choice
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logp, _ = model(x[:, :-1])
+        loss = torch.nn.functional.nll_loss(logp.flatten(0, 1), x[:, 1:].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return config.batch_size * config.seq_length / sorted(times[1:])[len(times[1:]) // 2]
+
+
+def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, device: torch.device,
+                    amp: torch.dtype | None, world: World = World()) -> tuple[TrainConfig, str]:
+    """The config with the largest affordable rung's shape, and a line saying why (empty when the
+    corpus is too small for any rung above the first, which is then taken without timing)."""
+    chosen, passes = 0, []  # passes over the text each timed rung would make
+    for rung, (layers, size, dropout) in enumerate(SIZE_LADDER[1:], 1):
+        candidate = config.with_options(num_layers=layers, rnn_size=size, dropout=dropout)
+        if parameters(candidate, vocab_size) > MAX_PARAMETERS_PER_CHAR * train_chars:
+            break
+        # every rank trains its own rows, so the run sees world.size times one rank's characters
+        speed = chars_per_second(candidate, vocab_size, device, amp) * world.size
+        affordable = speed * config.time_budget / train_chars
+        passes.append(f"{layers}x{size} {affordable:.1f}")
+        if affordable < MIN_PASSES:
+            break
+        chosen = rung
+    chosen = round(sum_all(world, [chosen if world.is_main else 0], device)[0])  # rank 0's choice for all
+    layers, size, dropout = SIZE_LADDER[chosen]
+    rule = "the largest size that makes" if chosen else "no larger size makes"
+    why = (f"model {layers}x{size}, dropout {dropout}: {rule} {MIN_PASSES:g} passes over the text in the "
+           f"budget on this machine (measured passes: {', '.join(passes)}); --rnn-size, --num-layers or "
+           "--dropout choose it yourself") if passes else ""
+    return config.with_options(num_layers=layers, rnn_size=size, dropout=dropout), why
+
+
+def parameters(config: TrainConfig, vocab_size: int) -> int:
+    """The parameter count of a model of this config."""
+    return CharRNN(replace(config.model, vocab_size=vocab_size)).num_parameters()
