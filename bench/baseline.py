@@ -98,7 +98,7 @@ def main() -> None:
     print(f"baseline: {steps} steps in {trained:.0f} s, {cps:,.0f} chars/s; the split as one stream: "
           f"{one_stream:.4f} nats/char")
     print(json.dumps({"steps": steps, "seconds": round(trained, 1), "chars_per_sec": round(cps), "curve": curve,
-                      "one_stream": round(one_stream, 4)}))
+                      "one_stream": round(one_stream, 4), "model": f"{args.num_layers}x{args.rnn_size}"}))
 
 
 if __name__ == "__main__":

@@ -53,7 +53,8 @@ def timed(cmd: list[str], cwd: Path) -> float:
 def train_speed(repo: Path, extra: list[str], seconds: float, tmp: Path) -> float:
     run = tmp / f"run-{time.monotonic_ns()}"
     subprocess.run([sys.executable, "train.py", "--corpus", str(SHAKESPEARE), "--time-budget", f"{seconds}s",
-                    "--checkpoint-dir", str(run), "--eval-every", "100000", *extra], cwd=repo, check=True,
+                    "--checkpoint-dir", str(run), "--eval-every", "100000", "--dtype", "float32", *extra],
+                   cwd=repo, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "val_loss" in r][-1]["chars_per_sec"]

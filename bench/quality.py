@@ -34,10 +34,11 @@ from common import REPO, SHAKESPEARE
 
 def start_child(cmd: list[str], name: str, core: int | None) -> tuple[subprocess.Popen, list[str], threading.Thread]:
     """Start cmd (pinned to `core` with one thread, if given); a thread echoes and keeps its output."""
-    print(f"$ {shlex.join(cmd)}" + (f"  (core {core})" if core is not None else ""), flush=True)
+    if core is not None:
+        cmd = ["taskset", "-c", str(core), *cmd]
+    print(f"$ {shlex.join(cmd)}", flush=True)
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if core is not None else {})}
-    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                             preexec_fn=None if core is None else lambda: os.sched_setaffinity(0, {core}))
+    child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines: list[str] = []
 
     def pump():
@@ -45,19 +46,23 @@ def start_child(cmd: list[str], name: str, core: int | None) -> tuple[subprocess
             print(f"  {name}: {line}", end="", flush=True)
             lines.append(line)
 
-    reader = threading.Thread(target=pump)
+    reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     return child, lines, reader
 
 
-def finish_child(started: tuple[subprocess.Popen, list[str], threading.Thread], name: str) -> tuple[str, float]:
-    """Wait for a child; its output and its peak RSS in MB."""
-    child, lines, reader = started
-    _, status, usage = os.wait4(child.pid, 0)
-    reader.join()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{name} failed")
-    return "".join(lines), usage.ru_maxrss / 1024
+def finish_children(started: dict[str, tuple[subprocess.Popen, list[str], threading.Thread]]) -> dict:
+    """Wait for the children: {name: (output, peak RSS in MB)}; if one fails, stop the others and exit."""
+    results = {}
+    for name, (child, lines, reader) in started.items():
+        _, status, usage = os.wait4(child.pid, 0)
+        reader.join()
+        if os.waitstatus_to_exitcode(status) != 0:
+            for other, *_ in started.values():
+                other.kill()
+            sys.exit(f"{name} failed")
+        results[name] = "".join(lines), usage.ru_maxrss / 1024
+    return results
 
 
 def at_marks(curve: list[dict], marks: list[float]) -> list[dict | None]:
@@ -87,7 +92,6 @@ def main() -> None:
         sys.exit(f"the benchmark corpus {SHAKESPEARE} is missing")
     marks = [m for m in (60.0, 180.0, 300.0, 600.0) if m < args.time_budget] + [args.time_budget]
     budget = f"{args.time_budget:.0f}s"
-    cores = (0, 1) if args.side_by_side else (None, None)
     threads = ["--threads", "1"] if args.side_by_side else []
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(args.run_dir or Path(tmp) / "run")
@@ -99,11 +103,11 @@ def main() -> None:
                                     "--time-budget", budget, "--marks", ",".join(f"{m:.0f}s" for m in marks)]
         outputs = {}
         if args.side_by_side:
-            started = {name: start_child(cmd, name, core) for (name, cmd), core in zip(commands.items(), cores)}
-            outputs = {name: finish_child(s, name) for name, s in started.items()}
+            outputs = finish_children({name: start_child(cmd, name, core)
+                                       for (name, cmd), core in zip(commands.items(), (0, 1))})
         else:
             for name, cmd in commands.items():
-                outputs[name] = finish_child(start_child(cmd, name, None), name)
+                outputs.update(finish_children({name: start_child(cmd, name, None)}))
         score = subprocess.run([sys.executable, str(REPO / "generate.py"), "--checkpoint", str(run / "last.pt"),
                                 "--score", str(validation_file(Path(tmp)))], capture_output=True, text=True)
         match = re.search(r": ([\d.]+) nats/char", score.stdout)
@@ -120,14 +124,15 @@ def main() -> None:
     if "baseline" in outputs:
         summary = json.loads(outputs["baseline"][0].splitlines()[-1])
         results["baseline"] = {"curve": at_marks(summary["curve"], marks), "steps": summary["steps"],
-                               "model": "2x256", "one_stream": summary["one_stream"],
+                               "model": summary["model"], "one_stream": summary["one_stream"],
                                "peak_rss_mb": round(outputs["baseline"][1]), "chars_per_sec": summary["chars_per_sec"]}
     print_table(results, marks)
 
 
 def print_table(results: dict, marks: list[float]) -> None:
     names = list(results)
-    print("\n| validation loss (nats/char) | " + " | ".join(names) + " |")
+    print("\n| validation loss (nats/char; each side's own evaluations, charrnn's under its training dtype) | "
+          + " | ".join(names) + " |")
     print("| --- |" + " --- |" * len(names))
     for i, mark in enumerate(marks):
         cells = []

@@ -18,7 +18,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
 DEFAULT_TIME_BUDGET = 600.0  # seconds, used only when no other stopping rule is given
 # The shapes a time budget chooses from, (layers, rnn size, dropout), smallest first; the first is
-# the fixed default. Each is the best dropout measured for its size; see sizing.py and bench/RESULTS.md.
+# the fixed default. Bigger shapes overfit sooner and get more dropout: 0.2 was measured best for
+# 2x256, the others are single measured runs (sizing.py, bench/RESULTS.md).
 SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35))
 MIN_PASSES = 8.0  # a shape is affordable when the budget gives it this many passes over the corpus
 
@@ -94,15 +95,19 @@ class ModelConfig:
     """The network's shape; `vocab_size` comes from the corpus, the rest from flags."""
     vocab_size: int = option(0, flag=False, check=NONNEGATIVE_INT)
     model: str = option("lstm", "recurrent cell", choices=CELLS)
-    rnn_size: int = option(256, "hidden units per layer. A --time-budget run given none of --rnn-size, "
-                           "--num-layers and --dropout picks all three: the largest of "
-                           f"{', '.join(f'{l}x{n}' for l, n, _ in SIZE_LADDER)} that makes {MIN_PASSES:g} "
-                           "passes over the corpus in the budget at this machine's measured speed",
+    rnn_size: int = option(SIZE_LADDER[0][1], "hidden units per layer. A --time-budget run (the default "
+                           "10 minutes included) given none of --rnn-size, --num-layers and --dropout picks all "
+                           "three: the largest of " + ", ".join(f"{layers}x{n}" for layers, n, _ in SIZE_LADDER)
+                           + f" that makes {MIN_PASSES:g} passes over the corpus in the budget at this machine's "
+                           "measured speed (a small corpus keeps the first). --max-steps, --max-epochs, --resume "
+                           "and --init-from runs keep the shape they are given",
                            check=POSITIVE_INT)
-    num_layers: int = option(2, "stacked layers", check=POSITIVE_INT)
+    num_layers: int = option(SIZE_LADDER[0][0], "stacked layers (picked with --rnn-size on a time budget)",
+                             check=POSITIVE_INT)
     embedding_size: int = option(64, "width of the input lookup (one-hot x weights, done as a lookup)",
                                  check=POSITIVE_INT)
-    dropout: float = option(0.2, "dropout between layers and before the output layer", check=FRACTION)
+    dropout: float = option(SIZE_LADDER[0][2], "dropout between layers and before the output layer (picked "
+                            "with --rnn-size on a time budget)", check=FRACTION)
 
     def __post_init__(self):
         check_fields(self)
@@ -157,7 +162,8 @@ class TrainConfig:
     checkpoint_dir: str | None = option(None, "the run folder for best.pt, last.pt and metrics "
                                         "(default checkpoints/<corpus name>)")
     seed: int = option(1337, "random seed; with --max-steps or --max-epochs the same seed gives the "
-                       "same run on CPU (a --time-budget schedule follows the clock)", check=SEED)
+                       "same run on the same CPU (a --time-budget run follows the clock: its schedule, and the "
+                       "model size it picks, depend on the machine's speed)", check=SEED)
     device: str = option("auto", "auto picks cuda, then mps, then cpu", choices=DEVICES)
     dtype: str = option("auto", "auto: bf16 autocast where the GPU or CPU runs it natively (CUDA, "
                         "AVX512-BF16, AMX), else fp32", choices=DTYPES)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 
+from charrnn.config import DTYPES
 from charrnn.errors import CharRNNError
 
 
@@ -26,11 +27,11 @@ def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | N
     """The lower precision to autocast to, or None for plain fp32.
 
     auto picks bf16 on CUDA and on CPUs where oneDNN runs it natively (AVX512-BF16 or AMX): there
-    a 2x256 LSTM trains 1.5-1.8x faster and its loss per step matches fp32's (bench/RESULTS.md).
+    a 2x256 LSTM trains 1.4-1.8x faster and its loss per step matches fp32's (bench/RESULTS.md).
     Elsewhere bf16 is emulated, far slower than fp32, and refused. Weights, optimizer and loss
     stay fp32 either way.
     """
-    if dtype not in ("auto", "float32", "bfloat16"):
+    if dtype not in DTYPES:
         raise CharRNNError(f"unknown --dtype {dtype!r}; choose auto, float32 or bfloat16")
     if dtype == "float32":
         return None

@@ -55,9 +55,8 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
             base = load_base(init_from, overrides or {}) if init_from else None
             if base:  # the network's shape is the base model's
                 config = config.with_options(**{name: getattr(base[0].config, name) for name in SHAPE})
-            # on a time budget the model's size is chosen for it, unless the user chose it
-            size = not base and config.time_budget and not sizing.SHAPE_OPTIONS & set(overrides or {})
-            trainer = build(config, world, base=base, overwrite=overwrite, size_for_budget=bool(size))
+            trainer = build(config, world, base=base, overwrite=overwrite,
+                            size_for_budget=base is None and sizing.wanted(config, overrides))
         if world.is_main:
             trainer.run_dir.start(asdict(trainer.config))
         trainer.callbacks.extend(callbacks)

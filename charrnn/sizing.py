@@ -4,17 +4,18 @@ enough passes over the corpus in the budget, timed on this machine before traini
 Why: on a fixed budget a small model wins when it can see the text few times, and loses once it
 has seen it often enough to overfit (a 2x256 LSTM stops improving on tinyshakespeare after about
 ten passes, bench/RESULTS.md). How many passes a budget buys depends on the machine (2-3x between
-CPU generations, 1.5-1.8x more where the CPU has bf16 instructions) and on the corpus, so the
+CPU generations, 1.4-1.8x more where the CPU has bf16 instructions) and on the corpus, so the
 choice is made from a measured speed, not from the budget alone.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import replace
 
 import torch
 
-from charrnn.config import MIN_PASSES, SIZE_LADDER, TrainConfig
+from charrnn.config import MIN_PASSES, SIZE_LADDER, ModelConfig, TrainConfig
 from charrnn.distributed import World, sum_all
 from charrnn.model import CharRNN
 
@@ -22,6 +23,13 @@ from charrnn.model import CharRNN
 # parameter count in characters, so a small corpus keeps the first rung whatever the budget.
 MAX_PARAMETERS_PER_CHAR = 6.0
 SHAPE_OPTIONS = {"rnn_size", "num_layers", "dropout"}
+
+
+def wanted(config: TrainConfig, given: dict | None) -> bool:
+    """Whether a new run is sized: only on a time budget alone, when the options the user `given`
+    are known and name no shape (a whole ModelConfig from Python counts as naming it)."""
+    return (given is not None and bool(config.time_budget) and not (config.max_steps or config.max_epochs)
+            and not SHAPE_OPTIONS & set(given) and not isinstance(given.get("model"), ModelConfig))
 
 
 def chars_per_second(config: TrainConfig, vocab_size: int, device: torch.device,
@@ -39,37 +47,38 @@ def chars_per_second(config: TrainConfig, vocab_size: int, device: torch.device,
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        if device.type in ("cuda", "mps"):  # their kernels run asynchronously
+            getattr(torch, device.type).synchronize()
         times.append(time.perf_counter() - start)
-    return config.batch_size * config.seq_length / sorted(times[1:])[len(times[1:]) // 2]
+    return config.batch_size * config.seq_length / statistics.median(times[1:])
 
 
 def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, device: torch.device,
                     amp: torch.dtype | None, world: World = World()) -> tuple[TrainConfig, str]:
-    """The config with the largest affordable rung's shape, and a line saying why (empty when the
-    corpus is too small for any rung above the first, which is then taken without timing)."""
-    chosen, passes = 0, []  # passes over the text each timed rung would make
-    for rung, (layers, size, dropout) in enumerate(SIZE_LADDER[1:], 1):
+    """The config with the largest affordable shape of SIZE_LADDER, and a line saying why ('' if untimed)."""
+    start, chosen, passes = time.perf_counter(), config, []  # passes: each timed shape's, to report
+    for layers, size, dropout in SIZE_LADDER[1:]:
         candidate = config.with_options(num_layers=layers, rnn_size=size, dropout=dropout)
         if parameters(candidate, vocab_size) > MAX_PARAMETERS_PER_CHAR * train_chars:
             break
-        # every rank trains its own rows, so the run sees world.size times one rank's characters
-        speed = chars_per_second(candidate, vocab_size, device, amp) * world.size
+        # every rank trains its own rows: the run's speed is the ranks' sum, the same on every rank,
+        # so that all of them stop at the same shape
+        speed = sum_all(world, [chars_per_second(candidate, vocab_size, device, amp)], device)[0]
         affordable = speed * config.time_budget / train_chars
         passes.append(f"{layers}x{size} {affordable:.1f}")
         if affordable < MIN_PASSES:
             break
-        chosen = rung
-    chosen = round(sum_all(world, [chosen if world.is_main else 0], device)[0])  # rank 0's choice for all
-    layers, size, dropout = SIZE_LADDER[chosen]
-    rule = "the largest size that makes" if chosen else "no larger size makes"
-    why = (f"model {layers}x{size}, dropout {dropout}: {rule} {MIN_PASSES:g} passes over the text in the "
-           f"budget on this machine (measured passes: {', '.join(passes)}); --rnn-size, --num-layers or "
-           "--dropout choose it yourself") if passes else ""
-    return config.with_options(num_layers=layers, rnn_size=size, dropout=dropout), why
+        chosen = candidate
+    if not passes:
+        return config, ""
+    m = chosen.model
+    rule = "the largest size that makes" if chosen is not config else "no larger size makes"
+    return chosen, (f"model {m.num_layers}x{m.rnn_size}, dropout {m.dropout}: {rule} {MIN_PASSES:g} passes over "
+                    f"the text in the budget on this machine (measured in {time.perf_counter() - start:.0f} s, "
+                    f"passes: {', '.join(passes)}); --rnn-size, --num-layers or --dropout choose it yourself")
 
 
 def parameters(config: TrainConfig, vocab_size: int) -> int:
-    """The parameter count of a model of this config."""
-    return CharRNN(replace(config.model, vocab_size=vocab_size)).num_parameters()
+    """The parameter count of a model of this config (built on the meta device: no memory, no time)."""
+    with torch.device("meta"):
+        return CharRNN(replace(config.model, vocab_size=vocab_size)).num_parameters()

@@ -460,15 +460,16 @@ def test_a_budget_picks_the_largest_rung_that_makes_enough_passes(monkeypatch):
     timed.clear()  # 5 minutes: 2x384 makes 9 passes, 2x512 4.5
     chosen, _ = sizing.size_for_budget(replace(config, time_budget=300.0), 1_000_000, 65, torch.device("cpu"), None)
     assert chosen.model.rnn_size == 384 and timed == [(2, 384), (2, 512)]
-    timed.clear()  # a minute: none affordable beyond the first rung, the default shape
-    chosen, _ = sizing.size_for_budget(replace(config, time_budget=60.0), 1_000_000, 65, torch.device("cpu"), None)
-    assert chosen.model == TrainConfig().model and timed == [(2, 384)]
+    timed.clear()  # a minute: no shape beyond the first is affordable; the config is kept as it is
+    gru = config.with_options(time_budget=60.0, model="gru", embedding_size=32)
+    chosen, why = sizing.size_for_budget(gru, 1_000_000, 65, torch.device("cpu"), None)
+    assert chosen == gru and timed == [(2, 384)] and "no larger size makes" in why
 
 
 def test_a_small_corpus_keeps_the_default_shape_without_timing(monkeypatch):
     monkeypatch.setattr(sizing, "chars_per_second", lambda *a: pytest.fail("timed a rung for a small corpus"))
-    chosen, why = sizing.size_for_budget(TrainConfig(time_budget=3600.0), 50_000, 65, torch.device("cpu"), None)
-    assert chosen.model == TrainConfig().model and why == ""
+    config = TrainConfig(time_budget=3600.0)
+    assert sizing.size_for_budget(config, 50_000, 65, torch.device("cpu"), None) == (config, "")
 
 
 def test_chars_per_second_times_real_training_steps():
@@ -485,12 +486,20 @@ def test_only_a_new_time_budget_run_with_no_shape_given_is_sized(tmp_path, monke
 
     monkeypatch.setattr(sizing, "size_for_budget", record)
     corpus = corpus_file(tmp_path)
-    config = tiny(corpus, tmp_path / "a", max_steps=None, time_budget=0.5)
-    train(config, overrides={}, progress_bar=False)
+    budget = dict(max_steps=None, time_budget=0.5)
+    train(tiny(corpus, tmp_path / "a", **budget), overrides={}, progress_bar=False)
     assert len(calls) == 1 and checkpoint.load(tmp_path / "a" / "last.pt")["train_config"]["model"]["rnn_size"] == 24
-    train(tiny(corpus, tmp_path / "b", max_steps=None, time_budget=0.5), overrides={"rnn_size": 16},
-          progress_bar=False)
+    train(tiny(corpus, tmp_path / "b", **budget), overrides={"rnn_size": 16}, progress_bar=False)
     train(tiny(corpus, tmp_path / "c"), overrides={}, progress_bar=False)  # a step count, not a budget
-    train(tiny(corpus, tmp_path / "d", max_steps=None, time_budget=0.5), init_from=str(tmp_path / "a"),
+    train(tiny(corpus, tmp_path / "d", max_steps=5, time_budget=60.0), overrides={}, progress_bar=False)
+    train(tiny(corpus, tmp_path / "e", **budget), progress_bar=False)  # which options were given is unknown
+    train(tiny(corpus, tmp_path / "f", **budget), init_from=str(tmp_path / "a"),
           overrides={}, progress_bar=False)  # a fine-tune keeps its base's shape
     assert len(calls) == 1
+
+
+def test_a_whole_model_config_from_python_is_not_resized():
+    shape = TrainConfig().model
+    assert sizing.wanted(TrainConfig(time_budget=60.0), {"model": "gru"})  # the cell alone is no shape
+    assert not sizing.wanted(TrainConfig(time_budget=60.0), {"model": shape})
+    assert not sizing.wanted(TrainConfig(time_budget=60.0), {"dropout": 0.1})
