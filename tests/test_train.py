@@ -352,7 +352,7 @@ def test_help_says_when_the_same_seed_gives_the_same_run(capsys):
     with pytest.raises(SystemExit):
         load_cli().build_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "with --max-steps or --max-epochs the same seed gives the same run on CPU" in text
+    assert "with --max-steps or --max-epochs the same seed gives the same run on the same CPU" in text
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("2min", 120), ("10m", 600), ("1.5h", 5400),
