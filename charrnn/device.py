@@ -27,7 +27,7 @@ def autocast_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype | N
     """The lower precision to autocast to, or None for plain fp32.
 
     auto picks bf16 on CUDA and on CPUs where oneDNN runs it natively (AVX512-BF16 or AMX): there
-    a 2x256 LSTM trains 1.4-1.8x faster and its loss per step matches fp32's (bench/RESULTS.md).
+    a 2x256 LSTM trains up to 1.8x faster and its loss per step matches fp32's (bench/RESULTS.md).
     Elsewhere bf16 is emulated, far slower than fp32, and refused. Weights, optimizer and loss
     stay fp32 either way.
     """

@@ -4,7 +4,7 @@ enough passes over the corpus in the budget, timed on this machine before traini
 Why: on a fixed budget a small model wins when it can see the text few times, and loses once it
 has seen it often enough to overfit (a 2x256 LSTM stops improving on tinyshakespeare after about
 ten passes, bench/RESULTS.md). How many passes a budget buys depends on the machine (2-3x between
-CPU generations, 1.4-1.8x more where the CPU has bf16 instructions) and on the corpus, so the
+CPU generations, up to 1.8x more where the CPU has bf16 instructions) and on the corpus, so the
 choice is made from a measured speed, not from the budget alone.
 """
 from __future__ import annotations
