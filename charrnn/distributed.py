@@ -6,6 +6,7 @@ helper below does nothing. Backend: nccl on CUDA, gloo otherwise.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -36,12 +37,43 @@ def world_from_env() -> World:
 
 def start(world: World, device: torch.device) -> None:
     if world.active and not dist.is_initialized():
+        # torch._dynamo (imported by torch.optim) keeps a reference to a process group that exists
+        # when it is first imported (torch 2.13). A group kept past destroy_process_group keeps
+        # gloo's threads running into interpreter shutdown, where they abort the process as they
+        # release the last collective's tensors (SIGABRT, "terminate called without an active
+        # exception"). Imported first, it holds nothing and stop() ends the group for good.
+        import torch._dynamo  # noqa: F401
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
 
 def stop(world: World) -> None:
     if world.active and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def same_weights(world: World, model: torch.nn.Module) -> None:
+    """Give every rank rank 0's weights (ranks seed differently, so their fresh models differ)."""
+    if world.active:
+        for t in model.state_dict().values():
+            dist.broadcast(t, src=0)
+
+
+def average_gradients(world: World, parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Replace every rank's gradients with their mean over ranks, in one all-reduce.
+
+    Why not DistributedDataParallel: its wrapper holds the process group for as long as the
+    trainer lives, past stop(), so gloo's threads can outlive it into interpreter shutdown and
+    abort there (see start()). An RNN's gradients are only complete when backward ends, so DDP's
+    overlap of communication with backward had little to hide anyway.
+    """
+    if not world.active:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world.size
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(mean.view_as(g))
 
 
 def agree(world: World, bad: bool, stop: bool, elapsed: float, device: torch.device) -> tuple[bool, bool, float]:

@@ -110,8 +110,7 @@ class Trainer:
         self.state = None
         self.logs: dict[str, list[dict]] = {"metrics.jsonl": [], "samples.jsonl": []}
         self.callbacks: list[Callable[[Trainer], None]] = []  # called after every step
-        # Gradients are averaged over ranks inside backward(); self.model stays the plain module.
-        self.forward_model = (torch.nn.parallel.DistributedDataParallel(model) if world.active else model)
+        distributed.same_weights(world, model)
 
     # -- stopping and schedule ------------------------------------------------------------------
     def progress(self) -> float:
@@ -137,10 +136,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            log_probs, state = self.forward_model(x, self.state)
+            log_probs, state = self.model(x, self.state)
         loss = F.nll_loss(log_probs.flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.world, self.model.parameters())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         # Keep the state's values for the next window but not its graph: backprop is truncated here.

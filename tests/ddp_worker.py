@@ -5,14 +5,25 @@ batches differed, and whether every rank's weights were identical after every st
 steps, every rank's learning rate at every step of a whole run.
 """
 import json
+import os
 import sys
 
 import torch
 import torch.distributed as dist
 
 from charrnn.config import TrainConfig
-from charrnn.distributed import world_from_env
+from charrnn.distributed import stop, world_from_env
 from charrnn.launch import build
+
+
+def stop_and_check() -> None:
+    """End the process group, and fail if gloo's threads outlive it: threads still running at
+    interpreter shutdown abort the process there, now and then (charrnn/distributed.py)."""
+    stop(world)
+    tasks = "/proc/self/task"
+    if os.path.isdir(tasks) and any(open(f"{tasks}/{t}/comm").read().startswith("pt_gloo") for t in os.listdir(tasks)):
+        sys.exit("gloo's threads outlived the process group")
+
 
 config = TrainConfig.from_dict(json.loads(sys.argv[1]))
 out_path, steps = sys.argv[2], int(sys.argv[3])
@@ -28,7 +39,7 @@ if steps == 0:  # the whole loop under its stopping rule: record every rank's le
     if world.is_main:
         with open(out_path, "w") as f:
             json.dump({"rates": everyone}, f)
-    dist.destroy_process_group()
+    stop_and_check()
     sys.exit(0)
 
 position = trainer.batches.state_dict()
@@ -50,4 +61,4 @@ if world.is_main:
     with open(out_path, "w") as f:
         json.dump({"losses": losses, "identical": identical, "world": world.size,
                    "different_data": not torch.equal(xs[0], xs[1]), "weights": weights}, f)
-dist.destroy_process_group()
+stop_and_check()
