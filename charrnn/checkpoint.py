@@ -76,7 +76,7 @@ def resolve(spec: str | Path | None, prefer: str = "best.pt") -> Path:
 def build_model(ckpt: dict, device: torch.device | str = "cpu") -> tuple[CharRNN, Vocab]:
     """The model and vocabulary a checkpoint describes, with its weights, in eval mode."""
     try:
-        vocab = Vocab(ckpt["vocab"])
+        vocab = Vocab(ckpt["vocab"], items="items" in ckpt)  # a model of items says so (items.py)
         config = ModelConfig(**ckpt["model_config"])
         _check_sizes(config, ckpt["model"])
         model = CharRNN(config)

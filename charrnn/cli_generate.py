@@ -8,17 +8,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from charrnn import flags
-from charrnn.config import DEVICES, POSITIVE_INT, THREADS, SampleConfig
+from charrnn.config import DEVICES, NOVEL_DRAWS, POSITIVE_INT, THREADS, SampleConfig
 from charrnn.errors import CharRNNError
 
 # What each mode does not use: giving one of these flags with it is an error, not silently ignored.
 NOT_WITH = {
     "info": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples", "output",
-             "skip_unknown", "score", "interactive", "export_web"},
+             "skip_unknown", "score", "interactive", "export_web", "label", "novel"},
     "score": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples", "output",
-              "interactive", "export_web"},
+              "interactive", "export_web", "novel"},
     "export_web": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples",
-                   "output", "interactive", "skip_unknown"},
+                   "output", "interactive", "skip_unknown", "label", "novel"},
     "interactive": {"num_samples", "output"},
 }
 NEEDS = {"format": "output", "encoding": "score", "export_dtype": "export_web"}
@@ -36,6 +36,12 @@ def build_parser() -> flags.Parser:
                    help="generate this many samples together, as one batch (default 1)")
     p.add_argument("--skip-unknown", action="store_true", default=None,
                    help="drop prime characters the model has never seen instead of stopping with an error")
+    g = p.add_argument_group("items (a model trained with --items makes whole items, one per line)")
+    g.add_argument("--label", help="make items of this label (a model trained with labels; default: a random "
+                   "label for each item); with --score, the label of every item scored")
+    g.add_argument("--novel", action="store_true", default=None, help="keep only items that are not in the "
+                   f"training list (ignoring case and surrounding whitespace) and not repeated; draws up to "
+                   f"{NOVEL_DRAWS} per item asked for, then says how many it found")
     p.add_argument("--output", metavar="FILE", help="write the samples to FILE instead of the terminal: one "
                    "after another, or JSON lines with --format jsonl")
     p.add_argument("--format", choices=["text", "jsonl"], help="for --output: text (default), or one JSON "
@@ -83,10 +89,11 @@ def main() -> int:
     if "info" in args:
         print(model.describe())
     elif "score" in args:
-        score = model.score_file(args["score"], args.get("encoding"), bool(args.get("skip_unknown")))
+        score = model.score_file(args["score"], args.get("encoding"), bool(args.get("skip_unknown")),
+                                 args.get("label"))
         from charrnn.evaluate import describe_score
 
-        print(describe_score(args["score"], score.nats, score.chars))
+        print(describe_score(args["score"], score.nats, score.chars, score.items))
     elif "export_web" in args:
         index = model.export_web(args["export_web"], args.get("export_dtype", "float32"))
         print(f"wrote {index}; open it in a browser (it works offline, from disk)")
@@ -96,15 +103,18 @@ def main() -> int:
         session = interactive.Session(model.net, model.vocab, sample, model.describe(), sys.stdout,
                                       bool(args.get("skip_unknown")), args.get("prime", ""))
         interactive.run(session)
+    elif model.vocab.items:
+        write_items(model, sample, args)
     else:
+        if "label" in args or "novel" in args:
+            raise CharRNNError(f"--{'label' if 'label' in args else 'novel'} needs a model trained on a list "
+                               "(train.py --items); this one was trained on running text")
         write_samples(model, sample, args)
     return 0
 
 
 def write_samples(model, sample: SampleConfig, args: dict) -> None:
     """Stream one sample to the terminal, print several, or write them to --output."""
-    import numpy as np
-
     from charrnn.files import write_text
     from charrnn.sample import Streamer, generate
 
@@ -113,7 +123,7 @@ def write_samples(model, sample: SampleConfig, args: dict) -> None:
     n = args.get("num_samples", 1)
     if "output" in args:  # a seed for every file, so that each sample can be made again
         if sample.seed is None:
-            sample = replace(sample, seed=int(np.random.SeedSequence().entropy % 2**63))
+            sample = replace(sample, seed=_new_seed())
     if n == 1 and "output" not in args:
         sys.stdout.write(shown)
         generate(model.net, model.vocab, sample, prime, on_text=Streamer(sys.stdout), skip_unknown=skip)
@@ -131,6 +141,48 @@ def write_samples(model, sample: SampleConfig, args: dict) -> None:
         write_text(Path(args["output"]), "".join(shown + t + "\n" for t in texts))
     if "output" in args:
         print(f"wrote {n} sample{'s' * (n > 1)} to {args['output']}", file=sys.stderr)
+
+
+def write_items(model, sample: SampleConfig, args: dict) -> None:
+    """Print --num-samples whole items, one per line (or write them to --output), and say on
+    stderr which reached --length before their end and what --novel threw away."""
+    from charrnn.files import write_text
+
+    n, shown = args.get("num_samples", 1), model.seen_prime(args.get("prime", ""), bool(args.get("skip_unknown")))
+    if sample.seed is None:  # drawn and recorded, so that any list can be made again
+        sample = replace(sample, seed=_new_seed())
+    draw = model.draw_items(sample, args.get("prime", ""), n, args.get("label"), bool(args.get("novel")),
+                            bool(args.get("skip_unknown")))
+    separator = "\n" if model.list["separator"] == "\\n" else "\n\n"  # multi-line items: a blank line between
+    if args.get("format") == "jsonl":
+        text = "".join(json.dumps({"item": i, "text": t, "label": None if label is None else model.labels[label],
+                                   "whole": whole, **asdict(sample), "prime": shown, "novel": bool(args.get("novel")),
+                                   "checkpoint": str(model.path)}, ensure_ascii=False) + "\n"
+                       for i, (t, whole, label) in enumerate(zip(draw.texts, draw.whole, draw.labels)))
+    else:
+        text = "".join(t + separator for t in draw.texts)
+    if "output" in args:
+        write_text(Path(args["output"]), text)
+        print(f"wrote {len(draw.texts)} items to {args['output']}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    cut = [i for i, whole in enumerate(draw.whole, 1) if not whole]
+    if cut:
+        print(f"note: item{'s' * (len(cut) > 1)} {', '.join(map(str, cut[:10]))}{' ...' * (len(cut) > 10)} reached "
+              f"--length {sample.length} before {'their' if len(cut) > 1 else 'its'} end: cut, not whole "
+              "(raise --length)", file=sys.stderr)
+    if args.get("novel"):
+        print(f"novel: kept {len(draw.texts)} of {draw.draws:,} draws; threw away {draw.copies:,} copies of the "
+              f"training list and {draw.repeats:,} repeats (seed {sample.seed})", file=sys.stderr)
+    if draw.shortfall(n):
+        raise CharRNNError(draw.shortfall(n))
+
+
+def _new_seed() -> int:
+    import numpy as np
+
+    return int(np.random.SeedSequence().entropy % 2**63)
 
 
 def run() -> None:

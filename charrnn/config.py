@@ -16,6 +16,7 @@ from charrnn.errors import CharRNNError
 CELLS = ("rnn", "lstm", "gru")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
+LABEL_SOURCES = ("files", "column", "none")
 DEFAULT_TIME_BUDGET = 600.0  # seconds, used only when no other stopping rule is given
 # The shapes a time budget chooses from, (layers, rnn size, dropout), smallest first; the first is
 # the fixed default. Bigger shapes overfit sooner and get more dropout: 0.2 was measured best for
@@ -25,6 +26,7 @@ SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35))
 # tinyshakespeare a 2x512 lost to a 2x384 making 2x its passes when it made 4.3, and won at 7.5; a
 # 3x512 making 5.5 lost to both.
 MIN_PASSES = 7.0
+NOVEL_DRAWS = 50  # generate.py --novel gives up after this many draws per item asked for
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class ModelConfig:
                              check=POSITIVE_INT)
     embedding_size: int = option(64, "width of the input lookup (one-hot x weights, done as a lookup)",
                                  check=POSITIVE_INT)
+    num_labels: int = option(0, flag=False, check=NONNEGATIVE_INT)  # from the corpus: 0 without labels
     dropout: float = option(SIZE_LADDER[0][2], "dropout between layers and before the output layer (picked "
                             "with --rnn-size on a time budget)", check=FRACTION)
 
@@ -131,6 +134,15 @@ class TrainConfig:
                               check=FRACTION)
     batching: str = option("stream", "stream: contiguous rows, hidden state carried between steps "
                            "(truncated BPTT); random: windows at random offsets", choices=("stream", "random"))
+    items: bool = option(False, "the corpus is a list: each line (or --item-separator) is one item, learnt "
+                         "from its start to its end, and generate.py makes whole new items. Implied by a "
+                         ".csv, .tsv or .jsonl corpus")
+    item_separator: str = option("\\n", "what separates items with --items; \\n, \\t and \\r are read as "
+                                 "escapes, so '\\n\\n' is a blank line between items")
+    labels: str | None = option(None, "where each item's label comes from: files (a folder of files, each "
+                                "file's name its label, e.g. names/Russian.txt), column (the 'label' column "
+                                "or field of a .csv, .tsv or .jsonl: their default) or none",
+                                choices=LABEL_SOURCES)
     model: ModelConfig = ModelConfig()
     # optimisation: short windows give 4x the updates of 128-character ones for the same text, and
     # the carried state keeps the context; on a time budget the number of updates matters most
@@ -201,7 +213,7 @@ class TrainConfig:
     def options(self) -> dict:
         """The flat form: one entry per flag."""
         flat = {**asdict(self), **asdict(self.model)}
-        return {k: v for k, v in flat.items() if k != "vocab_size"}
+        return {k: v for k, v in flat.items() if k not in ("vocab_size", "num_labels")}  # the corpus's
 
     def with_options(self, **options: Any) -> "TrainConfig":
         """A copy with some flat options replaced."""

@@ -20,6 +20,9 @@ import torch
 
 from charrnn.errors import CharRNNError
 
+# (x (B, T), y (B, T), new_stream: reset the carried state first, labels (B,) or None)
+Batch = tuple[torch.Tensor, torch.Tensor, bool, "torch.Tensor | None"]
+
 
 def split(tokens: np.ndarray, val_frac: float, test_frac: float = 0.0
           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,17 +59,18 @@ class StreamBatches:
         self.steps_per_epoch = self.row_length // seq_length
         self.epoch, self.step_in_epoch = 0, 0
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+    def __iter__(self) -> Iterator[Batch]:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(x, y, new_stream): new_stream means the carried state must be reset first."""
+    def __next__(self) -> Batch:
+        """(x, y, new_stream, labels): new_stream means the carried state must be reset first;
+        running text has no labels (items.ItemBatches has)."""
         new_stream = self.step_in_epoch == 0
         x, y = _windows(self.tokens, self.starts + self.step_in_epoch * self.seq_length, self.seq_length)
         self.step_in_epoch += 1
         if self.step_in_epoch == self.steps_per_epoch:  # so `epoch` counts finished epochs, as in RandomBatches
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
-        return x, y, new_stream
+        return x, y, new_stream, None
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "steps_per_epoch": self.steps_per_epoch}
@@ -99,15 +103,15 @@ class RandomBatches:
     def epoch(self) -> int:
         return self.step // self.steps_per_epoch
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool]]:
+    def __iter__(self) -> Iterator[Batch]:
         return self
 
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    def __next__(self) -> Batch:
         rng = np.random.default_rng([self.seed, self.step])
         starts = rng.integers(0, len(self.tokens) - self.seq_length, self.batch_size * self.world_size)
         mine = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         self.step += 1
-        return *_windows(self.tokens, mine, self.seq_length), True
+        return *_windows(self.tokens, mine, self.seq_length), True, None
 
     def state_dict(self) -> dict:
         return {"step": self.step}
@@ -116,10 +120,10 @@ class RandomBatches:
         self.step = int(state["step"])
 
 
-def eval_chunks(tokens: np.ndarray, streams: int, seq_length: int
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Every character of a split, as `streams` contiguous rows read T characters at a time."""
+def eval_chunks(tokens: np.ndarray, streams: int, seq_length: int) -> Iterator[Batch]:
+    """Every character of a split, as `streams` contiguous rows read T characters at a time,
+    in the form of training batches: (x, y, new_stream, labels)."""
     row_length = (len(tokens) - 1) // streams
     starts = np.arange(streams) * row_length
     for pos in range(0, row_length, seq_length):
-        yield _windows(tokens, starts + pos, min(seq_length, row_length - pos))
+        yield *_windows(tokens, starts + pos, min(seq_length, row_length - pos)), pos == 0, None

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn import corpus, data, distributed
+from charrnn import corpus, data, distributed, items
 from charrnn.errors import CharRNNError
+from charrnn.items import Items
 from charrnn.model import CharRNN
 from charrnn.vocab import Vocab
 
@@ -18,32 +19,47 @@ EVAL_CHUNK = 1024  # characters per forward call: the state carries, so only spe
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, tokens: np.ndarray, device: torch.device | str = "cpu",
+def evaluate(model: torch.nn.Module, tokens: np.ndarray | Items, device: torch.device | str = "cpu",
              amp: torch.dtype | None = None, streams: int = EVAL_STREAMS, chunk: int = EVAL_CHUNK,
              world: distributed.World = distributed.World()) -> float:
-    """Mean NLL in nats/char over every character of `tokens` after the first, state carried.
+    """Mean NLL in nats/char: of every character of `tokens` after the first, state carried; or of
+    every item's characters and its end, each item from a fresh state.
 
-    Under data parallelism each rank scores its share of the streams and the sums are combined.
+    Under data parallelism each rank scores its share of the rows and the sums are combined.
     """
-    if len(tokens) < 2:
+    total, count = loss_sums(model, tokens, device, amp, streams, chunk, world)
+    return total / count
+
+
+def loss_sums(model: torch.nn.Module, tokens: np.ndarray | Items, device: torch.device | str = "cpu",
+              amp: torch.dtype | None = None, streams: int = EVAL_STREAMS, chunk: int = EVAL_CHUNK,
+              world: distributed.World = distributed.World()) -> tuple[float, int]:
+    """(summed NLL in nats, characters scored): what `evaluate` divides."""
+    if isinstance(tokens, Items):
+        batches = items.eval_batches(tokens)
+    elif len(tokens) < 2:
         raise CharRNNError("nothing to evaluate: the split holds fewer than 2 characters")
+    else:  # a split shorter than `streams` still counts
+        batches = data.eval_chunks(tokens, max(1, min(streams, len(tokens) - 1)), chunk)
     device = torch.device(device)
-    streams = max(1, min(streams, len(tokens) - 1))  # a split shorter than `streams` still counts
     was_training = model.training
     model.eval()
     total, count, state = 0.0, 0, None
     mine = slice(world.rank, None, world.size)
-    for x, y in data.eval_chunks(tokens, streams, chunk):
+    for x, y, new_stream, labels in batches:
         x, y = x[mine], y[mine]
-        if len(x) == 0:  # fewer streams than ranks: this rank has none
-            break
+        if len(x) == 0:  # fewer rows than ranks: this rank has none
+            continue
+        if new_stream:
+            state = None
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            log_probs, state = model(x.to(device), state)
-        total += F.nll_loss(log_probs.flatten(0, 1), y.to(device).flatten(), reduction="sum").item()
-        count += y.numel()
+            log_probs, state = model(x.to(device), state, None if labels is None else labels[mine].to(device))
+        y = y.to(device).flatten()
+        total += F.nll_loss(log_probs.flatten(0, 1), y, reduction="sum").item()  # padding is ignored
+        count += int((y != items.IGNORE).sum())
     model.train(was_training)
     total, count = distributed.sum_all(world, [total, count], device)
-    return total / count
+    return total, int(count)
 
 
 def score_file(model: CharRNN, vocab: Vocab, path: str | Path, encoding: str = "utf-8",
@@ -68,6 +84,20 @@ def score_tokens(model: CharRNN, tokens: np.ndarray, what: str = "the text") -> 
     return evaluate(model, tokens, device, streams=1), len(tokens) - 1
 
 
-def describe_score(what: str, nats: float, count: int) -> str:
-    """The line `generate.py --score` prints (tests and bench/web_speed.py read it)."""
-    return f"{what}: {nats:.4f} nats/char, {nats / math.log(2):.4f} bits/char over {count:,} characters"
+def score_items(model: CharRNN, listed: Items) -> tuple[float, int]:
+    """(nats per character, characters scored) of a list's items, each from a fresh state; an
+    item's end counts as one character."""
+    if not len(listed):
+        raise CharRNNError("the list holds no items; nothing to score")
+    total, count = loss_sums(model, listed, next(model.parameters()).device)
+    return total / count, count
+
+
+def describe_score(what: str, nats: float, count: int, num_items: int = 0) -> str:
+    """The line `generate.py --score` prints (tests and bench/web_speed.py read it); for a list,
+    the loss per item too."""
+    line = f"{what}: {nats:.4f} nats/char, {nats / math.log(2):.4f} bits/char over {count:,} characters"
+    if num_items:
+        line += (f" ({num_items:,} items, their ends counted as characters); "
+                 f"{nats * count / num_items:.3f} nats per item")
+    return line

@@ -43,6 +43,9 @@ def add_options(parser: argparse._ActionsContainer, cls: type, names: Iterable[s
     for name in names:
         f, meta = by_name[name], by_name[name].metadata
         kind = cfg.value_type(f)
+        if kind is bool:  # a switch: given or not
+            parser.add_argument("--" + name.replace("_", "-"), action="store_true", default=None, help=meta["help"])
+            continue
         help_text = meta["help"] + (f" (default {f.default})" if f.default is not None else "")
         parser.add_argument("--" + name.replace("_", "-"), help=help_text, choices=meta["choices"],
                             type=None if kind is str else checked(kind, meta["check"], meta["duration"]))

@@ -7,11 +7,12 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from charrnn import checkpoint, corpus, data, distributed, rng, sizing
+from charrnn import checkpoint, corpus, data, distributed, items, rng, sizing
 from charrnn.config import TrainConfig
 from charrnn.device import ThreadGovernor, autocast_dtype, pick_device, set_threads
 from charrnn.errors import CharRNNError
@@ -54,7 +55,7 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
             config = absolute_corpus(config).with_stopping_rule()
             base = load_base(init_from, overrides or {}) if init_from else None
             if base:  # the network's shape is the base model's
-                config = config.with_options(**{name: getattr(base[0].config, name) for name in SHAPE})
+                config = config.with_options(**{name: getattr(base.model.config, name) for name in SHAPE})
             trainer = build(config, world, base=base, overwrite=overwrite,
                             size_for_budget=base is None and sizing.wanted(config, overrides))
         if world.is_main:
@@ -66,7 +67,7 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
 
 
 def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | None = None,
-          base: tuple[CharRNN, Vocab, list] | None = None, run_dir: Path | None = None,
+          base: Base | None = None, run_dir: Path | None = None,
           overwrite: bool = False, size_for_budget: bool = False) -> Trainer:
     """Set up the process and build a Trainer: the one place with process-wide side effects."""
     device = pick_device(config.device)
@@ -77,42 +78,33 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     amp = autocast_dtype(device, config.dtype)
     threads = set_threads(config.threads, world.local_size)
 
-    text = corpus.load(corpus.resolve(config.corpus, config.encoding))
     # A fine-tune (and its resumption) knows the base model's characters too: the union, sorted.
-    known = base[1].chars if base else resume_from["vocab"] if resume_from else []
-    vocab, tokens = Vocab(sorted(set(known) | set(text.vocab.chars))), text.tokens
-    if vocab != text.vocab:
-        tokens = remap(tokens, text.vocab, vocab)
-    train_tokens, val_tokens, _ = data.split(tokens, config.val_frac, config.test_frac)
-    if len(val_tokens) < 2:
-        raise CharRNNError(f"the validation split of {text.name} is empty; "
-                           "use a longer corpus or a larger --val-frac")
+    known = base.vocab.chars if base else resume_from["vocab"] if resume_from else []
+    if base and base.vocab.items and not items.wanted(config):
+        raise CharRNNError("--init-from names a model of items; fine-tune it on a list with --items")
+    split = item_split(config, known) if items.wanted(config) else stream_split(config, known)
     if size_for_budget:
-        config, why = sizing.size_for_budget(config, len(train_tokens), len(vocab), device, amp, world)
+        config, why = sizing.size_for_budget(config, split.train_chars, len(split.vocab), device, amp, world)
         if why and world.is_main:
             print(why, flush=True)
     rng.seed_everything(config.seed + world.rank)  # ranks draw different dropout masks
-    if config.batching == "stream":
-        batches = data.StreamBatches(train_tokens, config.batch_size, config.seq_length, world.rank, world.size)
-    else:
-        batches = data.RandomBatches(train_tokens, config.batch_size, config.seq_length, config.seed,
-                                     world.rank, world.size)
-    model_config = replace(config.model, vocab_size=len(vocab))
-    model = CharRNN(model_config) if base is None else grow_vocab(base[0], base[1].chars, vocab.chars, model_config)
+    batches = make_batches(config, split.train, world)
+    vocab = split.vocab
+    model_config = replace(config.model, vocab_size=len(vocab), num_labels=len(split.labels))
+    model = (CharRNN(model_config) if base is None else
+             grow_vocab(base.model, base.vocab.symbols, vocab.symbols, model_config, base.labels, split.labels))
     model.to(device)
     # betas (0.9, 0.99): char models see a new mix of characters every step; a shorter second
     # moment memory than 0.999 follows it better (nanoGPT uses 0.95 for the same reason)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.99),
                                   weight_decay=config.weight_decay)
     if resume_from is None and world.is_main:
-        run_dir = new_run_dir(config.checkpoint_dir, text.name, overwrite)
-    info = {"corpus": {"name": text.name, "length": len(tokens), "fingerprint": fingerprint(tokens, config)},
-            "lineage": base[2] if base else []}
+        run_dir = new_run_dir(config.checkpoint_dir, split.info["corpus"]["name"], overwrite)
+    info = {**split.info, "lineage": base.lineage if base else []}
     if resume_from is not None:
         info["lineage"] = resume_from.get("lineage", [])
         check_same_corpus(resume_from, info["corpus"])
-    eval_tokens = val_tokens[:config.eval_chars] if config.eval_chars else val_tokens
-    trainer = Trainer(config, model, optimizer, batches, eval_tokens, vocab,
+    trainer = Trainer(config, model, optimizer, batches, split.val, vocab,
                       RunDir(run_dir or Path("."), writes=world.is_main), device=device, amp=amp, world=world,
                       checkpoint_info=info)
     if config.threads is None and config.time_budget and device.type == "cpu" and threads > 1:
@@ -123,8 +115,71 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
                                "differs); resume with the same corpus or start a new run")
         trainer.restore(resume_from)
     if world.is_main:
-        print(describe(trainer, len(train_tokens), len(val_tokens)), flush=True)
+        print(describe(trainer, split), flush=True)
     return trainer
+
+
+class Base(NamedTuple):
+    """The trained model a fine-tune starts from."""
+    model: CharRNN
+    vocab: Vocab
+    labels: list[str]
+    lineage: list[dict]
+
+
+class Split(NamedTuple):
+    """A corpus ready to train on: its vocabulary, training and validation data, what checkpoints
+    record of it, and its labels."""
+    vocab: Vocab
+    train: np.ndarray | items.Items
+    val: np.ndarray | items.Items  # what each evaluation scores
+    val_size: int                  # characters held out (not all scored, with --eval-chars)
+    train_chars: int
+    info: dict
+    labels: list[str]
+
+
+def stream_split(config: TrainConfig, known: list[str]) -> Split:
+    """Running text: split by position."""
+    text = corpus.load(corpus.resolve(config.corpus, config.encoding))
+    vocab, tokens = Vocab(sorted(set(known) | set(text.vocab.chars))), text.tokens
+    if vocab != text.vocab:
+        tokens = remap(tokens, text.vocab, vocab)
+    train_tokens, val_tokens, _ = data.split(tokens, config.val_frac, config.test_frac)
+    if len(val_tokens) < 2:
+        raise CharRNNError(f"the validation split of {text.name} is empty; "
+                           "use a longer corpus or a larger --val-frac")
+    eval_tokens = val_tokens[:config.eval_chars] if config.eval_chars else val_tokens
+    info = {"corpus": {"name": text.name, "length": len(tokens), "fingerprint": fingerprint(tokens, config)}}
+    return Split(vocab, train_tokens, eval_tokens, len(val_tokens), len(train_tokens), info, [])
+
+
+def item_split(config: TrainConfig, known: list[str]) -> Split:
+    """A list: whole items, a seeded random sample of them held out; labels numbered in sorted order."""
+    listed = items.read(config.corpus, config.encoding, items.separator(config.item_separator), config.labels)
+    vocab = Vocab(sorted(set(known) | set("".join(listed.texts))), items=True)
+    names = sorted(set(listed.labels or []))
+    number = {name: i for i, name in enumerate(names)}
+    labels = None if listed.labels is None else np.array([number[n] for n in listed.labels], dtype=np.int64)
+    every = items.encode(listed.texts, vocab, labels)
+    train, val, _ = items.split(every, config.val_frac, config.test_frac)
+    scored = val if not config.eval_chars else val.subset(  # the first items up to --eval-chars
+        np.arange(max(1, int(np.searchsorted(np.cumsum(val.lengths), config.eval_chars, side="right")))))
+    digest = hashlib.sha256(every.tokens.tobytes() + (b"" if labels is None else labels.tobytes())).hexdigest()
+    info = {"corpus": {"name": listed.name, "length": len(every.tokens), "items": len(every), "fingerprint": digest[:16]},
+            "items": {"separator": config.item_separator, "labels": names,
+                      "label_counts": np.bincount(labels, minlength=len(names)).tolist() if names else [],
+                      "fingerprints": torch.from_numpy(items.fingerprints(listed.texts))}}
+    return Split(vocab, train, scored, len(val.tokens), len(train.tokens), info, names)
+
+
+def make_batches(config: TrainConfig, train: np.ndarray | items.Items, world: distributed.World):
+    """The training batches: whole items, contiguous rows of running text, or random windows."""
+    if isinstance(train, items.Items):
+        return items.ItemBatches(train, config.batch_size, config.seq_length, config.seed, world.rank, world.size)
+    if config.batching == "stream":
+        return data.StreamBatches(train, config.batch_size, config.seq_length, world.rank, world.size)
+    return data.RandomBatches(train, config.batch_size, config.seq_length, config.seed, world.rank, world.size)
 
 
 def resume_config(saved: dict, overrides: dict) -> TrainConfig:
@@ -140,8 +195,8 @@ def resume_config(saved: dict, overrides: dict) -> TrainConfig:
     return config.with_options(**{k: v for k, v in overrides.items() if k in RESUMABLE})
 
 
-def load_base(init_from: str, overrides: dict) -> tuple[CharRNN, Vocab, list]:
-    """The trained model a fine-tune starts from, its vocabulary, and the lineage to record."""
+def load_base(init_from: str, overrides: dict) -> Base:
+    """The trained model a fine-tune starts from, its vocabulary and labels, and the lineage to record."""
     path = checkpoint.resolve(init_from, prefer="best.pt")
     ckpt = checkpoint.load(path)
     model, vocab = checkpoint.build_model(ckpt)
@@ -154,7 +209,7 @@ def load_base(init_from: str, overrides: dict) -> tuple[CharRNN, Vocab, list]:
     progress = ckpt.get("progress", {})
     entry = {"checkpoint": str(path.resolve()), "corpus": ckpt.get("corpus", {}).get("name", "unknown"),
              "step": progress.get("step", 0), "best_val_loss": progress.get("best_val_loss")}
-    return model, vocab, [*ckpt.get("lineage", []), entry]
+    return Base(model, vocab, list(ckpt.get("items", {}).get("labels", [])), [*ckpt.get("lineage", []), entry])
 
 
 def remap(tokens: np.ndarray, old: Vocab, new: Vocab) -> np.ndarray:
@@ -191,24 +246,28 @@ def absolute_corpus_option(options: dict) -> dict:
     return options
 
 
-def describe(trainer: Trainer, n_train: int, n_val: int) -> str:
+def describe(trainer: Trainer, split: Split) -> str:
     c, m = trainer.config, trainer.model.config
     info = trainer.checkpoint_info["corpus"]
-    scored = len(trainer.val_tokens)
     world = trainer.world
+    scored = len(split.val.tokens if isinstance(split.val, items.Items) else split.val)
     lines = [
-        f"corpus {info['name']}: {info['length']:,} chars, vocabulary {len(trainer.vocab)}, "
-        f"train {n_train:,} / val {n_val:,}",
+        f"corpus {info['name']}: {info['length']:,} chars" + (f" in {info['items']:,} items" if "items" in info else "")
+        + f", vocabulary {len(trainer.vocab)}, train {split.train_chars:,} / val {split.val_size:,}",
         f"model {m.model} {m.num_layers}x{m.rnn_size}, {trainer.model.num_parameters():,} parameters; "
-        f"batch {c.batch_size}x{c.seq_length} ({c.batching})"
+        f"batch {c.batch_size}x{c.seq_length} ({'items' if trainer.vocab.items else c.batching})"
         + (f" per rank x {world.size} ranks = {c.batch_size * world.size} rows" if world.active else "")
         + f", device {trainer.device}, {'bf16 autocast' if trainer.amp else 'fp32'}, "
         + (f"up to {torch.get_num_threads()} threads (fewer while other processes keep cores busy)"
            if any(isinstance(c, ThreadGovernor) for c in trainer.callbacks) else f"{torch.get_num_threads()} threads"),
-        f"evaluation scores {'all ' if scored == n_val else f'the first {scored:,} of the '}{n_val:,} "
-        "validation chars (--eval-chars; python generate.py --score FILE scores a whole file)",
+        f"evaluation scores {'all ' if scored == split.val_size else f'the first {scored:,} of the '}"
+        f"{split.val_size:,} validation chars (--eval-chars; python generate.py --score FILE scores a whole file)",
         f"checkpoints in {trainer.run_dir.path}",
     ]
+    if split.labels:
+        counts = trainer.checkpoint_info["items"]["label_counts"]
+        lines.insert(1, f"labels {len(split.labels)}: " + ", ".join(
+            f"{name} ({count:,})" for name, count in zip(split.labels[:8], counts)) + (" ..." if len(split.labels) > 8 else ""))
     for entry in trainer.checkpoint_info["lineage"][-1:]:
         lines.insert(2, f"initialised from {entry['checkpoint']} (trained on {entry['corpus']})")
     return "\n".join(lines)

@@ -22,6 +22,8 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The shape of every weight matrix of a model with this config (biases follow from them)."""
     v, e, h, g = config.vocab_size, config.embedding_size, config.rnn_size, len(GATE_ORDER[config.model])
     shapes = {"embed.weight": (v, e), "head.weight": (v, h)}
+    if config.num_labels:
+        shapes["label_embed.weight"] = (config.num_labels, e)
     for k in range(config.num_layers):
         shapes[f"rnn.weight_ih_l{k}"] = (g * h, e if k == 0 else h)
         shapes[f"rnn.weight_hh_l{k}"] = (g * h, h)
@@ -29,7 +31,11 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 class CharRNN(nn.Module):
-    """forward(indices (B, T), state) -> (log-probabilities (B, T, V), state)."""
+    """forward(indices (B, T), state, labels (B,)) -> (log-probabilities (B, T, V), state).
+
+    A model trained with labels adds its label's learnt vector to every step's input: the
+    tutorial's category input, as a lookup. The labels are needed then, and refused otherwise.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -39,6 +45,7 @@ class CharRNN(nn.Module):
         # A one-hot vector times a weight matrix picks one row of it: the lookup computes exactly
         # that product without building V-wide vectors, so a large vocabulary costs no more.
         self.embed = nn.Embedding(config.vocab_size, config.embedding_size)
+        self.label_embed = nn.Embedding(config.num_labels, config.embedding_size) if config.num_labels else None
         self.rnn = RNN_CLASSES[config.model](
             config.embedding_size, config.rnn_size, config.num_layers, batch_first=True,
             dropout=config.dropout if config.num_layers > 1 else 0.0)
@@ -46,8 +53,13 @@ class CharRNN(nn.Module):
         self.head = nn.Linear(config.rnn_size, config.vocab_size)
         self.log_softmax = nn.LogSoftmax(dim=-1)
 
-    def forward(self, idx: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, idx: torch.Tensor, state: State | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         x = self.embed(idx)                      # (B, T, E)
+        if (labels is None) != (self.label_embed is None):
+            raise ValueError("a model trained with labels needs one per row, and one without takes none")
+        if labels is not None:
+            x = x + self.label_embed(labels)[:, None]  # (B, 1, E): the same label at every step
         hx = state if state is None or self.config.model == "lstm" else state[0]  # nn.RNN/GRU take h alone
         out, hx = self.rnn(x, hx)                # (B, T, H)
         logits = self.head(self.drop(out))       # (B, T, V)
@@ -102,10 +114,13 @@ class NumpyStep:
     - The LSTM keeps 2h instead of h (that saves a halving a layer) and every weight that reads it
       is halved to match. Scaling by powers of two is exact: nothing rounds differently.
 
+    - A label's share of the first layer's input product is precomputed too (`label_table`), one
+      row per label; a stream adds its rows' label rows after the table's, one call a step.
+
     `step(idx, state)` is the plain form: states are tuples of float32 arrays laid out like the
     model's, (h,) or, for an LSTM, (h, c), each (L, N, H), and the state passed in is left alone.
     `step.stream(state)` holds a state in place and moves it on one character a call: the fast
-    form, for sampling loops.
+    form, for sampling loops. A model with labels takes each row's label, `labels` (N,).
     """
 
     EXP_ROWS = 4  # from this many rows on, an LSTM computes its gates with exp instead of tanh
@@ -135,6 +150,8 @@ class NumpyStep:
                 b_in = b_ih if gru else b_ih + b_hh
                 if k == 0:  # (V, G*H), the table: a one-hot input's product is a row of it
                     w_in = prepare((model.embed.weight @ w_ih.T + b_in).T)
+                    self.label_table = (None if model.label_embed is None  # (labels, G*H), no bias
+                                        else prepare((model.label_embed.weight @ w_ih.T).T))
                 else:       # (H + 1, G*H): the bias as a last row, for the 1 after x
                     w_in = prepare(w_ih, b_in, h_scale)
                 self.layers.append([w_in, prepare(w_hh, b_hh if gru else None, h_scale)])  # (H [+ 1], G*H)
@@ -146,14 +163,15 @@ class NumpyStep:
             self.last = np.ascontiguousarray(np.concatenate([w_hh, head.cpu().numpy().T], 1))
             self.layers[-1].append(None)
 
-    def __call__(self, idx: np.ndarray, state: NumpyState) -> tuple[np.ndarray, NumpyState]:
+    def __call__(self, idx: np.ndarray, state: NumpyState, labels: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, NumpyState]:
         """idx (N,) and a state -> logits (N, V) and the next state."""
-        stream = self.stream(state)
+        stream = self.stream(state, labels)
         return stream(idx).copy(), stream.state()
 
-    def stream(self, state: NumpyState) -> NumpyStep.Stream:
+    def stream(self, state: NumpyState, labels: np.ndarray | None = None) -> NumpyStep.Stream:
         """The state's N rows held in place: each call takes idx (N,) and returns the logits (N, V)."""
-        return NumpyStep.Stream(self, state)
+        return NumpyStep.Stream(self, state, labels)
 
     class Stream:
         """One sampling run's buffers: its state, in place, and every intermediate.
@@ -162,9 +180,13 @@ class NumpyStep:
         Stream, so that runs on one NumpyStep (in threads, say) never share buffers.
         """
 
-        def __init__(self, step: NumpyStep, state: NumpyState):
+        def __init__(self, step: NumpyStep, state: NumpyState, labels: np.ndarray | None = None):
             cell, layers, n = step.cell, step.num_layers, step.hidden
             rows, f32 = state[0].shape[1], np.float32
+            if (labels is None) != (step.label_table is None):
+                raise ValueError("a model trained with labels needs one per row, and one without takes none")
+            # each row's label share of the first layer's input product: (N, G*H)
+            self.label_rows = None if labels is None else step.label_table[np.asarray(labels)]
             g, w = len(GATE_ORDER[cell]) * n, n + 1
             self.cell, self.table, self.exp, self.one = cell, step.layers[0][0], rows >= step.EXP_ROWS, rows == 1
             self.hs = np.zeros((rows, layers * w), f32)    # [h_0, 1, h_1, 1, ...]; 2h for an LSTM
@@ -224,12 +246,15 @@ class NumpyStep:
         def __call__(self, idx: np.ndarray) -> np.ndarray:
             """idx (N,) -> logits (N, V); the state moves on by one character."""
             matmul, add, multiply, tanh, table, one = np.matmul, np.add, np.multiply, np.tanh, self.table, self.one
+            labels = self.label_rows
             # each layer: pre-activations, the input's share (a table row, or a product) plus the
             # hidden state's (made by the last call); the new state; the next call's share
             if self.cell == "lstm" and not self.exp:
                 for x, w_in, pre, gh, h, hh, w_hh, if_, ifo, gc, prod, p0, p1, c, tmp, o in self.layers:
                     if x is None:
                         add(gh, table[idx[0]] if one else table.take(idx, 0), out=pre)
+                        if labels is not None:
+                            add(pre, labels, out=pre)
                     else:
                         add(matmul(x, w_in, out=pre), gh, out=pre)
                     tanh(pre, out=pre)
@@ -245,6 +270,8 @@ class NumpyStep:
                 for x, w_in, pre, gh, h, hh, w_hh, c, i, f, o, g, tmp in self.layers:
                     if x is None:  # clip, not raise: that would copy through a buffer
                         add(np.take(table, idx, 0, out=pre, mode="clip"), gh, out=pre)
+                        if labels is not None:
+                            add(pre, labels, out=pre)
                     else:
                         add(matmul(x, w_in, out=pre), gh, out=pre)
                     # pre-activations are a = x / 2 for i, f, o and z for g
@@ -265,6 +292,8 @@ class NumpyStep:
                 for x, w_in, pre, gh, h, hh, w_hh, rz, gh_rz, r, z, xn, hn, tmp in self.layers:
                     if x is None:
                         np.copyto(pre, table[idx[0]] if one else table.take(idx, 0))
+                        if labels is not None:
+                            add(pre, labels, out=pre)
                     else:
                         matmul(x, w_in, out=pre)
                     add(rz, gh_rz, out=rz)
@@ -283,6 +312,8 @@ class NumpyStep:
                 for x, w_in, pre, gh, h, hh, w_hh in self.layers:
                     if x is None:
                         add(gh, table[idx[0]] if one else table.take(idx, 0), out=pre)
+                        if labels is not None:
+                            add(pre, labels, out=pre)
                     else:
                         add(matmul(x, w_in, out=pre), gh, out=pre)
                     tanh(pre, out=h)
@@ -293,21 +324,26 @@ class NumpyStep:
 
 
 @torch.no_grad()
-def grow_vocab(model: CharRNN, old_chars: list[str], new_chars: list[str], config: ModelConfig) -> CharRNN:
+def grow_vocab(model: CharRNN, old_symbols: list[str], new_symbols: list[str], config: ModelConfig,
+               old_labels: list[str] = (), new_labels: list[str] = ()) -> CharRNN:
     """The same network over a larger vocabulary (`config` says which, and the dropout), for
-    fine-tuning on text with new characters.
+    fine-tuning on text with new characters, or on a list (the item marker is one more symbol).
 
-    Every old character keeps its input and output rows. A new character gets a fresh input row
-    and an output row of zeros with the lowest bias of any old character: it starts less likely
-    than a typical known character, and its gradient is not zero, so it is learnt.
+    Every old symbol keeps its input and output rows. A new one gets a fresh input row and an
+    output row of zeros with the lowest bias of any old one: it starts less likely than a typical
+    known character, and its gradient is not zero, so it is learnt. Labels the base model knew
+    keep their rows; new labels start fresh.
     """
     grown = CharRNN(config)
     old, new = model.state_dict(), grown.state_dict()
-    rows = [new_chars.index(c) for c in old_chars]
+    rows = [new_symbols.index(c) for c in old_symbols]
     new["head.weight"].zero_()
     new["head.bias"].fill_(old["head.bias"].min())
     for name in ("embed.weight", "head.weight", "head.bias"):
         new[name][rows] = old[name]
     new.update({k: v for k, v in old.items() if k.startswith("rnn.")})
+    for i, label in enumerate(old_labels):
+        if label in new_labels:
+            new["label_embed.weight"][new_labels.index(label)] = old["label_embed.weight"][i]
     grown.load_state_dict(new)
     return grown

@@ -2,23 +2,29 @@
 
 The prime goes through the model in one forward pass; then one character per step, carrying the
 state, in numpy (see model.NumpyStep). Randomness comes from a seeded numpy Generator only, so the same
-seed gives the same text.
+seed gives the same text. A model of items starts each sample at the item marker (then the prime)
+and ends it where it draws the marker again; `generate_items` draws whole items, new ones if asked.
 """
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from charrnn.config import SampleConfig
+from charrnn.config import NOVEL_DRAWS, SampleConfig
 from charrnn.device import ThreadGovernor
+from charrnn.errors import CharRNNError
+from charrnn.items import is_known, normalise
 from charrnn.model import CharRNN, NumpyStep, State, state_from_list, state_to_list
 from charrnn.vocab import Vocab
+
+END = ""  # what a sample of items yields when it draws the marker: its end, and no character
 
 
 def filter_logits(logits: np.ndarray, temperature: float, top_k: int | None = None,
@@ -78,8 +84,11 @@ def draw(logits: np.ndarray, config: SampleConfig, generator: np.random.Generato
 
 
 def start_indices(vocab: Vocab, prime: str, skip_unknown: bool = False) -> list[int]:
-    """The prime's indices; with no prime, a newline (or the first character) starts the text."""
+    """The prime's indices, after the marker for items; with no prime, a newline (or the first
+    character) starts running text."""
     indices = vocab.encode(prime, skip_unknown)
+    if vocab.items:
+        return [vocab.marker, *indices]
     if indices:
         return indices
     return [vocab.chars.index("\n") if "\n" in vocab else 0]
@@ -107,15 +116,15 @@ class Streamer:
 def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = "", *,
              num_samples: int = 1, generator: np.random.Generator | None = None, state: State | None = None,
              on_text: Callable[[str], None] | None = None, skip_unknown: bool = False,
-             step: NumpyStep | None = None) -> tuple[list[str], State]:
-    """Continue `prime` (after `state`, if given) `num_samples` times.
+             step: NumpyStep | None = None, labels: Sequence[int] | None = None) -> tuple[list[str], State]:
+    """Continue `prime` (after `state`, if given) `num_samples` times, with `labels` for a model that has them.
 
     Returns the new text of each sample and the state before its last character: passing that
     character as the next prime, with that state, continues the text exactly. `on_text` receives
     the first sample's characters as they are made (for streaming).
     """
     steps = sample_steps(model, vocab, config, prime, num_samples=num_samples, generator=generator,
-                         state=state, skip_unknown=skip_unknown, step=step)
+                         state=state, skip_unknown=skip_unknown, step=step, labels=labels)
     texts = None  # made after the prime's forward pass, which is where an impossible batch fails
     while True:
         try:
@@ -133,8 +142,9 @@ def generate(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = ""
 def sample_steps(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = "", *,
                  num_samples: int = 1, generator: np.random.Generator | None = None,
                  state: State | None = None, skip_unknown: bool = False, step: NumpyStep | None = None,
-                 ) -> Generator[list[str | None], None, State]:
-    """Yield each step's new character of every sample (None for a finished one); return the state.
+                 labels: Sequence[int] | None = None) -> Generator[list[str | None], None, State]:
+    """Yield each step's new character of every sample (None for a finished one, END for the end of
+    an item); return the state.
 
     A stop string may begin in the prime. Pass `step` to reuse one NumpyStep over many calls.
     """
@@ -142,16 +152,18 @@ def sample_steps(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str 
     generator = generator or np.random.default_rng(config.seed)
     model.eval()
     idx = torch.tensor(start_indices(vocab, prime, skip_unknown), device=device)
+    label_rows = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
     # no_grad here, not as a decorator: on a generator function that wraps every step's resumption
     # in two grad-mode switches, about 10 microseconds a character
     with torch.no_grad():
-        log_probs, model_state = model(idx.expand(num_samples, -1), _expand(state, num_samples))
+        log_probs, model_state = model(idx.expand(num_samples, -1), _expand(state, num_samples), label_rows)
     logits = log_probs[:, -1].cpu().numpy()                    # (N, V)
     # the state stays in the stream's buffers, moved on in place, one character a call
-    stream = (step or NumpyStep(model)).stream(tuple(s.float().numpy() for s in state_to_list(model_state)))
+    stream = (step or NumpyStep(model)).stream(tuple(s.float().numpy() for s in state_to_list(model_state)),
+                                               None if labels is None else np.asarray(labels))
     stop = config.stop or ""
     tails = [seen_prime(vocab, prime, skip_unknown)[-(len(stop) - 1):] if len(stop) > 1 else ""] * num_samples
-    chars = vocab.chars
+    chars = vocab.chars + [END] * vocab.items  # a sample of items ends at the marker
     done = [False] * num_samples  # a list, not an array: this loop runs once per character
     kept = None  # the state of each finished sample, from before its last character
     # numpy's BLAS threads: one for a few rows (too little work to share); for a batch, the cores
@@ -165,12 +177,12 @@ def sample_steps(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str 
         for t in range(config.length):
             nxt = draw(logits, config, generator)                  # (N,)
             new = [None if d else chars[c] for d, c in zip(done, nxt.tolist())]
-            if stop:
+            if stop or vocab.items:
                 finished = []
                 for i, char in enumerate(new):  # the last len(stop) characters, prime included
                     if char is not None:
-                        tails[i] = (tails[i] + char)[-len(stop):]
-                        if tails[i] == stop:
+                        tails[i] = (tails[i] + char)[-len(stop):] if stop else ""
+                        if char == END or (stop and tails[i] == stop):
                             done[i] = True
                             finished.append(i)
                 if finished:  # a finished sample keeps the state from before its last character
@@ -198,3 +210,60 @@ def _expand(state: State | None, n: int) -> State | None:
     if state is None or state[0].shape[1] == n:
         return state
     return tuple(s.expand(-1, n, -1).contiguous() for s in state)
+
+
+@dataclass
+class ItemDraw:
+    """Items drawn by `generate_items`: each text, whether it ended before the length cap, and
+    what --novel threw away."""
+    texts: list[str] = field(default_factory=list)
+    whole: list[bool] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)
+    draws: int = 0
+    copies: int = 0   # items of the training list
+    repeats: int = 0  # items already drawn
+
+    def shortfall(self, asked: int) -> str | None:
+        """Why there are fewer items than `asked`, or None."""
+        if len(self.texts) >= asked:
+            return None
+        return (f"only {len(self.texts)} new item{'s' * (len(self.texts) != 1)} of {asked} in {self.draws:,} draws "
+                f"({self.copies:,} copies of the training list, {self.repeats:,} repeats): the model mostly copies "
+                "its list; raise --temperature, or sample an earlier checkpoint")
+
+
+def generate_items(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str = "", *,
+                   num_samples: int = 1, label: int | None = None, known: np.ndarray | None = None,
+                   generator: np.random.Generator | None = None, skip_unknown: bool = False,
+                   step: NumpyStep | None = None) -> ItemDraw:
+    """`num_samples` items that begin with `prime`, of `label` (a model with labels: else each of a
+    random one); with `known` (the training list's fingerprints), only new ones, none twice, drawn
+    in batches until there are enough or NOVEL_DRAWS per item."""
+    if not vocab.items:
+        raise CharRNNError("this model was trained on running text, not a list; items need a model "
+                           "trained with --items")
+    generator = generator or np.random.default_rng(config.seed)
+    shown, out, seen = seen_prime(vocab, prime, skip_unknown), ItemDraw(), set()
+    num_labels = model.config.num_labels
+    limit = num_samples * (NOVEL_DRAWS if known is not None else 1)
+    while len(out.texts) < num_samples and out.draws < limit:
+        rows = num_samples - len(out.texts)
+        if out.draws:  # a later round of --novel: draw more than missing, copies are likely again
+            rows = min(max(2 * rows, 8), 256, limit - out.draws)
+        labels = ([label] * rows if label is not None else generator.integers(num_labels, size=rows).tolist()
+                  if num_labels else None)
+        texts, _ = generate(model, vocab, config, prime, num_samples=rows, generator=generator,
+                            skip_unknown=skip_unknown, step=step, labels=labels)
+        out.draws += rows
+        for text, row_label in zip(texts, labels or [None] * rows):
+            item = shown + text
+            if known is not None and is_known(item, known):
+                out.copies += 1
+            elif known is not None and normalise(item) in seen:
+                out.repeats += 1
+            elif len(out.texts) < num_samples:
+                seen.add(normalise(item))
+                out.texts.append(item)
+                out.whole.append(len(text) < config.length)
+                out.labels.append(row_label)
+    return out

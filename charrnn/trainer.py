@@ -26,10 +26,11 @@ from charrnn.evaluate import evaluate
 from charrnn.model import CharRNN, detach_state, state_from_list, state_to_list
 from charrnn.plot import plot_metrics
 from charrnn.runs import RunDir
-from charrnn.sample import generate
+from charrnn.sample import generate, generate_items
 from charrnn.vocab import Vocab
 
 SAMPLE_SEED = 0  # every evaluation's sample is drawn with the same seed, so samples compare fairly
+SAMPLE_ITEMS = 6  # items shown at each evaluation of a list
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
@@ -126,18 +127,19 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------------
     def train_step(self) -> float:
-        x, y, new_stream = next(self.batches)
+        x, y, new_stream, labels = next(self.batches)
         if new_stream:
-            self.state = None  # a new pass over the text: nothing to remember
+            self.state = None  # a new pass over the text, or new items: nothing to remember
         if self.device.type == "cuda":  # pinned pages let the copy overlap with the GPU's work
             x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        labels = None if labels is None else labels.to(self.device)
         lr = learning_rate(self.config, self.step, self.progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            log_probs, state = self.model(x, self.state)
-        loss = F.nll_loss(log_probs.flatten(0, 1), y.flatten())
+            log_probs, state = self.model(x, self.state, labels)
+        loss = F.nll_loss(log_probs.flatten(0, 1), y.flatten())  # the padding after items is ignored
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.world, self.model.parameters())
@@ -214,11 +216,20 @@ class Trainer:
         return row
 
     def sample(self) -> str:
-        """A short sample with a fixed seed; it draws from its own generator, not the run's."""
+        """A short sample with a fixed seed; it draws from its own generator, not the run's. For
+        items: a few, one per line, each of the first labels in turn."""
         config = SampleConfig(length=self.config.sample_length, temperature=0.8, seed=SAMPLE_SEED)
-        texts, _ = generate(self.model, self.vocab, config, self.config.sample_prime, skip_unknown=True)
+        prime = self.config.sample_prime
+        if self.vocab.items:
+            names = self.checkpoint_info["items"]["labels"][:SAMPLE_ITEMS]
+            each = -(-SAMPLE_ITEMS // max(1, len(names)))
+            text = "\n".join(f"{names[label] + ': ' if names else ''}{item}" for label in range(len(names)) or [None]
+                             for item in generate_items(self.model, self.vocab, config, prime, num_samples=each,
+                                                        label=label, skip_unknown=True).texts)
+        else:
+            text = prime + generate(self.model, self.vocab, config, prime, skip_unknown=True)[0][0]
         self.model.train()
-        return self.config.sample_prime + texts[0]
+        return text
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, progress_bar: bool = True) -> dict:

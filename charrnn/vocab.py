@@ -2,6 +2,8 @@
 
 One entry per distinct code point, sorted, so the same text always gives the same indices.
 Encoding works on whole arrays of code points (numpy), which keeps a 1 GB corpus fast.
+A vocabulary for items (a list of names, titles, ...) has one more index after the characters:
+the item marker, which starts and ends every item. It is no character, so no text can hold it.
 """
 from __future__ import annotations
 
@@ -29,15 +31,19 @@ def describe_chars(chars: Iterable[str], limit: int = 5) -> str:
     return shown + (f" and {len(chars) - limit} more" if len(chars) > limit else "")
 
 
-class Vocab:
-    """A sorted list of characters and the index of each."""
+MARKER = "<item>"  # how the item marker is written where symbols are listed: longer than any character
 
-    def __init__(self, chars: Sequence[str]):
+
+class Vocab:
+    """A sorted list of characters and the index of each; with `items`, the item marker after them."""
+
+    def __init__(self, chars: Sequence[str], items: bool = False):
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
             raise CharRNNError("a vocabulary must be distinct single characters")
         if not chars:
             raise CharRNNError("a vocabulary needs at least one character")
         self.chars = sorted(chars)
+        self.items = items
         self._points = np.array([ord(c) for c in self.chars], dtype=np.uint32)  # sorted too
 
     @classmethod
@@ -45,17 +51,27 @@ class Vocab:
         return cls.from_code_points(np.unique(code_points(text)))
 
     @classmethod
-    def from_code_points(cls, points: np.ndarray) -> Vocab:
-        return cls([chr(p) for p in np.unique(points)])
+    def from_code_points(cls, points: np.ndarray, items: bool = False) -> Vocab:
+        return cls([chr(p) for p in np.unique(points)], items)
+
+    @property
+    def marker(self) -> int | None:
+        """The item marker's index (the last one), or None for a vocabulary of running text."""
+        return len(self.chars) if self.items else None
+
+    @property
+    def symbols(self) -> list[str]:
+        """What each index stands for: the characters, then MARKER for items."""
+        return self.chars + [MARKER] * self.items
 
     def __len__(self) -> int:
-        return len(self.chars)
+        return len(self.chars) + self.items
 
     def __contains__(self, char: str) -> bool:
         return char in self.chars
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocab) and self.chars == other.chars
+        return isinstance(other, Vocab) and self.chars == other.chars and self.items == other.items
 
     @property
     def index_dtype(self) -> np.dtype:
@@ -67,7 +83,7 @@ class Vocab:
 
     def encode_points(self, points: np.ndarray, skip_unknown: bool = False) -> np.ndarray:
         """Map code points to indices (in `index_dtype`)."""
-        idx = np.searchsorted(self._points, points).clip(max=len(self) - 1)
+        idx = np.searchsorted(self._points, points).clip(max=len(self.chars) - 1)
         known = self._points[idx] == points
         if not known.all():
             if not skip_unknown:
@@ -84,7 +100,9 @@ class Vocab:
         return self.encode_points(code_points(text), skip_unknown).tolist()
 
     def decode(self, indices: Iterable[int]) -> str:
-        return "".join(self.chars[i] for i in indices)
+        """Indices -> text; the item marker, being no character, is left out."""
+        chars = self.chars
+        return "".join(chars[i] for i in indices if i < len(chars))
 
     def one_hot(self, indices: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Indices (...) -> float one-hot vectors (..., V)."""

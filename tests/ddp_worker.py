@@ -43,7 +43,7 @@ if steps == 0:  # the whole loop under its stopping rule: record every rank's le
     sys.exit(0)
 
 position = trainer.batches.state_dict()
-first_x, _, _ = next(trainer.batches)  # a peek: the position is put back before training
+first_x, *_ = next(trainer.batches)  # a peek: the position is put back before training
 trainer.batches.load_state_dict(position)
 xs = [torch.empty_like(first_x) for _ in range(world.size)]
 dist.all_gather(xs, first_x)

@@ -19,7 +19,7 @@ def take(batches, n: int) -> list:
 
 def assert_same_batches(a: list, b: list) -> None:
     assert len(a) == len(b)
-    for (xa, ya, na), (xb, yb, nb) in zip(a, b):
+    for (xa, ya, na, _), (xb, yb, nb, _) in zip(a, b):
         assert torch.equal(xa, xb) and torch.equal(ya, yb) and na == nb
 
 
@@ -55,27 +55,27 @@ def test_split_rejects_fractions_that_leave_no_training_text(val_frac, test_frac
 
 
 def test_stream_shapes_and_dtype():
-    x, y, _ = next(StreamBatches(positions(1000), batch_size=4, seq_length=16))
+    x, y, *_ = next(StreamBatches(positions(1000), batch_size=4, seq_length=16))
     assert x.shape == y.shape == (4, 16)
     assert x.dtype == y.dtype == torch.long
 
 
 def test_stream_targets_are_inputs_shifted_by_one():
-    for x, y, _ in take(StreamBatches(positions(1000), 4, 16), 20):
+    for x, y, *_ in take(StreamBatches(positions(1000), 4, 16), 20):
         assert torch.equal(y[:, :-1], x[:, 1:])
         assert torch.equal(y, x + 1)
 
 
 def test_stream_rows_continue_where_they_stopped():
     batches = StreamBatches(positions(1001), batch_size=4, seq_length=10)
-    (_, y_prev, _), (x_next, _, _) = take(batches, 2)
+    (_, y_prev, *_), (x_next, *_) = take(batches, 2)
     assert torch.equal(x_next[:, 0], y_prev[:, -1])
 
 
 def test_stream_epoch_reads_each_row_contiguously():
     batches = StreamBatches(positions(1001), batch_size=4, seq_length=10)
     assert (batches.row_length, batches.steps_per_epoch) == (250, 25)
-    xs = torch.cat([x for x, _, _ in take(batches, 25)], dim=1)
+    xs = torch.cat([x for x, *_ in take(batches, 25)], dim=1)
     rows = torch.arange(4)[:, None] * 250 + torch.arange(250)
     assert torch.equal(xs, rows)
 
@@ -83,14 +83,14 @@ def test_stream_epoch_reads_each_row_contiguously():
 def test_stream_rows_do_not_overlap_and_stay_in_bounds():
     tokens = positions(997)
     batches = StreamBatches(tokens, batch_size=3, seq_length=7)
-    seen = torch.cat([y.flatten() for _, y, _ in take(batches, batches.steps_per_epoch)])
+    seen = torch.cat([y.flatten() for _, y, *_ in take(batches, batches.steps_per_epoch)])
     assert len(set(seen.tolist())) == len(seen)
     assert int(seen.max()) < len(tokens)
 
 
 def test_stream_new_stream_only_at_first_step_of_each_epoch():
     batches = StreamBatches(positions(1001), batch_size=4, seq_length=10)
-    flags = [new for _, _, new in take(batches, 3 * 25)]
+    flags = [new for _, _, new, _ in take(batches, 3 * 25)]
     assert [i for i, new in enumerate(flags) if new] == [0, 25, 50]
 
 
@@ -139,7 +139,7 @@ def test_stream_sharding_splits_the_global_batch():
     ranks = [StreamBatches(tokens, 3, 8, rank=r, world_size=2) for r in range(2)]
     single = StreamBatches(tokens, 6, 8)
     for _ in range(single.steps_per_epoch + 2):
-        (x0, y0, n0), (x1, y1, n1), (x, y, n) = next(ranks[0]), next(ranks[1]), next(single)
+        (x0, y0, n0, _), (x1, y1, n1, _), (x, y, n, _) = next(ranks[0]), next(ranks[1]), next(single)
         assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
         assert n0 == n1 == n
         assert not set(x0.flatten().tolist()) & set(x1.flatten().tolist())
@@ -153,14 +153,14 @@ def test_stream_too_short_text():
 
 def test_stream_just_long_enough_text():
     batches = StreamBatches(positions(4 * 25 + 1), batch_size=4, seq_length=25)
-    x, y, _ = next(batches)
+    x, y, *_ = next(batches)
     assert batches.steps_per_epoch == 1 and int(y.max()) == 100
 
 
 def test_stream_reads_memmap_tokens(tmp_path):
     tokens = np.memmap(tmp_path / "t", dtype=np.uint16, mode="w+", shape=(500,))
     tokens[:] = np.arange(500) * 100
-    x, y, _ = next(StreamBatches(tokens, 2, 5))
+    x, y, *_ = next(StreamBatches(tokens, 2, 5))
     assert x.dtype == torch.long
     assert x[1].tolist() == [24900, 25000, 25100, 25200, 25300]
 
@@ -169,7 +169,7 @@ def test_stream_reads_memmap_tokens(tmp_path):
 
 
 def test_random_shapes_and_shift():
-    x, y, new = next(RandomBatches(positions(1000), batch_size=5, seq_length=12, seed=0))
+    x, y, new, _ = next(RandomBatches(positions(1000), batch_size=5, seq_length=12, seed=0))
     assert x.shape == y.shape == (5, 12)
     assert torch.equal(y, x + 1)
     assert torch.equal(x[:, 1:] - x[:, :-1], torch.ones(5, 11, dtype=torch.long))
@@ -178,7 +178,7 @@ def test_random_shapes_and_shift():
 
 def test_random_windows_stay_in_bounds():
     tokens = positions(40)
-    for x, y, _ in take(RandomBatches(tokens, 8, 30, seed=1), 50):
+    for x, y, *_ in take(RandomBatches(tokens, 8, 30, seed=1), 50):
         assert int(x.min()) >= 0 and int(y.max()) <= 39
 
 
@@ -224,7 +224,7 @@ def test_random_sharding_equals_slices_of_the_global_batch(world_size):
     single = take(RandomBatches(tokens, 4 * world_size, 10, seed=5), 3)
     for rank in range(world_size):
         mine = take(RandomBatches(tokens, 4, 10, seed=5, rank=rank, world_size=world_size), 3)
-        for (x, y, _), (gx, gy, _) in zip(mine, single):
+        for (x, y, *_), (gx, gy, *_) in zip(mine, single):
             assert torch.equal(x, gx[4 * rank:4 * (rank + 1)]) and torch.equal(y, gy[4 * rank:4 * (rank + 1)])
 
 
@@ -235,7 +235,7 @@ def test_random_too_short_text(n, seq_length):
 
 
 def test_random_shortest_text_has_one_window():
-    x, y, _ = next(RandomBatches(positions(11), batch_size=3, seq_length=10))
+    x, y, *_ = next(RandomBatches(positions(11), batch_size=3, seq_length=10))
     assert torch.equal(x, torch.arange(10).expand(3, 10)) and torch.equal(y, x + 1)
 
 
@@ -246,17 +246,17 @@ def test_random_shortest_text_has_one_window():
 def test_eval_single_stream_covers_every_target_once(n, seq_length):
     tokens = positions(n)
     chunks = list(eval_chunks(tokens, streams=1, seq_length=seq_length))
-    xs = torch.cat([x for x, _ in chunks], dim=1)
-    ys = torch.cat([y for _, y in chunks], dim=1)
+    xs = torch.cat([x for x, *_ in chunks], dim=1)
+    ys = torch.cat([y for _, y, *_ in chunks], dim=1)
     assert torch.equal(ys[0], torch.from_numpy(tokens[1:]))
     assert torch.equal(xs[0], torch.from_numpy(tokens[:-1]))
-    assert all(x.shape[1] <= seq_length for x, _ in chunks)
+    assert all(x.shape[1] <= seq_length for x, *_ in chunks)
 
 
 @pytest.mark.parametrize("n, streams, seq_length", [(101, 4, 10), (1000, 7, 16), (23, 3, 100), (10, 9, 2)])
 def test_eval_streams_cover_targets_once(n, streams, seq_length):
     chunks = list(eval_chunks(positions(n), streams, seq_length))
-    ys = torch.cat([y for _, y in chunks], dim=1)
+    ys = torch.cat([y for _, y, *_ in chunks], dim=1)
     assert ys.shape[0] == streams
     targets = ys.flatten().tolist()
     assert len(targets) == len(set(targets)) == (n - 1) // streams * streams
@@ -264,7 +264,7 @@ def test_eval_streams_cover_targets_once(n, streams, seq_length):
 
 
 def test_eval_chunks_targets_are_shifted_inputs():
-    for x, y in eval_chunks(positions(200), streams=3, seq_length=16):
+    for x, y, *_ in eval_chunks(positions(200), streams=3, seq_length=16):
         assert torch.equal(y[:, :-1], x[:, 1:])
         assert x.shape == y.shape and x.shape[0] == 3
 
@@ -272,7 +272,7 @@ def test_eval_chunks_targets_are_shifted_inputs():
 def test_eval_chunks_of_real_text_decode_back():
     text = "hello world, hello chars\n" * 5
     tokens = np.frombuffer(text.encode(), dtype=np.uint8)
-    ys = torch.cat([y for _, y in eval_chunks(tokens, 1, 7)], dim=1)
+    ys = torch.cat([y for _, y, *_ in eval_chunks(tokens, 1, 7)], dim=1)
     assert bytes(ys[0].tolist()).decode() == text[1:]
 
 

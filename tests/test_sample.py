@@ -225,7 +225,7 @@ def test_prime_goes_through_the_model_in_one_forward_then_steps(trained, monkeyp
     prime = "the lazy dog"
     calls = []
     forward = model.forward
-    monkeypatch.setattr(model, "forward", lambda idx, state=None: calls.append(idx.shape) or forward(idx, state))
+    monkeypatch.setattr(model, "forward", lambda idx, state=None, labels=None: calls.append(idx.shape) or forward(idx, state, labels))
     texts, state = generate(model, vocab, SampleConfig(length=30, temperature=0.0), prime)
     assert calls == [(1, len(prime))]
     # the same text by hand: the prime in one forward, then the model one character at a time
