@@ -1,11 +1,12 @@
 """Shared fixtures: every test gets its own corpus cache; small texts, a tiny trained checkpoint."""
+import signal
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from charrnn import checkpoint
+from charrnn import checkpoint, flags
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))  # the helpers benchmarks and tests share
@@ -70,3 +71,25 @@ def one_thread():
 def trained(tiny_checkpoint):
     """(model, vocab) of the tiny trained LSTM; its vocabulary is a-z, space, '.', newline."""
     return checkpoint.build_model(checkpoint.load(tiny_checkpoint))
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run generate.py in this process: cli(*args) -> (exit code, stdout, stderr)."""
+    from charrnn.cli_generate import main  # what generate.py runs
+
+    previous = signal.getsignal(signal.SIGTERM)  # main() points SIGTERM at KeyboardInterrupt
+    threads = torch.get_num_threads()  # and sets the thread count (--threads 1: tiny models, 2 busy cores)
+
+    def call(*args):
+        monkeypatch.setattr(sys, "argv", ["generate.py", "--threads", "1", *map(str, args)])
+        try:
+            flags.run_main(main)
+        except SystemExit as e:
+            code = e.code
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            torch.set_num_threads(threads)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return call

@@ -4,7 +4,6 @@ A subprocess costs ~1.5 s of importing torch, so the few checks that need a real
 and exit codes end to end, signals) run one; the many flag and checkpoint cases call the script's
 main() in this process through flags.run_main, which is what `python generate.py` runs.
 """
-import importlib.util
 import io
 import json
 import math
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from charrnn import checkpoint, flags
+from charrnn import checkpoint
 from charrnn.errors import CharRNNError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,9 +29,6 @@ GENERATE = REPO / "generate.py"
 RESET_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
                 "os.execv(sys.executable, [sys.executable] + sys.argv[1:])")
 
-_spec = importlib.util.spec_from_file_location("generate_script", GENERATE)
-script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(script)
 
 
 def command(checkpoint_path, *args) -> list[str]:
@@ -51,26 +47,6 @@ def assert_one_line_error(code: int, out: str, err: str, expected_code: int = 1)
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
     assert "error:" in err
-
-
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """Run generate.py in this process: cli(*args) -> (exit code, stdout, stderr)."""
-    previous = signal.getsignal(signal.SIGTERM)  # main() points SIGTERM at KeyboardInterrupt
-    threads = torch.get_num_threads()  # and sets the thread count (--threads 1: tiny models, 2 busy cores)
-
-    def call(*args):
-        monkeypatch.setattr(sys, "argv", ["generate.py", "--threads", "1", *map(str, args)])
-        try:
-            flags.run_main(script.main)
-        except SystemExit as e:
-            code = e.code
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            torch.set_num_threads(threads)
-        out, err = capsys.readouterr()
-        return code, out, err
-    return call
 
 
 # ---------------------------------------------------------------- sampling, end to end
