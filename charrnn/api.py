@@ -144,13 +144,7 @@ class Model:
 
     def label_index(self, label: str | None) -> int | None:
         """The index of a label name; a name the model does not know is a one-line error listing those it does."""
-        if label is None:
-            return None
-        if not self.labels:
-            raise CharRNNError(f"this model was trained without labels; drop --label {label}")
-        if label not in self.labels:
-            raise CharRNNError(f"unknown label {label!r}; this model knows {', '.join(self.labels)}")
-        return self.labels.index(label)
+        return items.label_index(self.labels, label)
 
     def known_items(self) -> np.ndarray:
         """The fingerprints of the training list's items (items.fingerprints), sorted."""

@@ -19,7 +19,7 @@ NOT_WITH = {
               "interactive", "export_web", "novel"},
     "export_web": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples",
                    "output", "interactive", "skip_unknown", "label", "novel"},
-    "interactive": {"num_samples", "output"},
+    "interactive": {"num_samples", "output", "novel"},
 }
 NEEDS = {"format": "output", "encoding": "score", "export_dtype": "export_web"}
 
@@ -101,7 +101,8 @@ def main() -> int:
         from charrnn import interactive
 
         session = interactive.Session(model.net, model.vocab, sample, model.describe(), sys.stdout,
-                                      bool(args.get("skip_unknown")), args.get("prime", ""))
+                                      bool(args.get("skip_unknown")), args.get("prime", ""), model.labels)
+        session.label = model.label_index(args.get("label"))
         interactive.run(session)
     elif model.vocab.items:
         write_items(model, sample, args)

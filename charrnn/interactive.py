@@ -6,6 +6,9 @@ be scripted: every input line gets exactly one output line, with no prompt decor
 its answer; a command gets `ok: ...` (:info and :help their text); a line that cannot be done gets
 `error: ...`. Backslashes, newlines and carriage returns in any output line are written as
 \\\\, \\n and \\r.
+
+With a model of items each line is the start of a new item (an empty line: the next item, from
+--prime), and `:label X` picks the label.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ import torch
 
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
+from charrnn.items import label_index
 from charrnn.model import CharRNN, NumpyStep, State
-from charrnn.sample import Streamer, generate
+from charrnn.sample import Streamer, generate, generate_items
 from charrnn.vocab import Vocab
 
 HELP = """Type text and press Enter: the model continues it. An empty line continues the last output.
@@ -28,21 +32,28 @@ HELP = """Type text and press Enter: the model continues it. An empty line conti
   :seed N    reseed the sampler            :reset    forget the text so far
   :info      model and settings            :help     this text
   :quit      leave (or Ctrl-D; Ctrl-C stops a generation, and leaves at the prompt)"""
+ITEMS_HELP = """Type the start of an item and press Enter: the model finishes it. An empty line makes the next item.
+  :label X   items of label X (:label alone: a random label each time)
+  :temp X    temperature (0 = greedy)      :topk N   keep the N likeliest characters (0 = off)
+  :topp P    nucleus sampling (1 = off)    :len N    the most characters an item may take
+  :seed N    reseed the sampler            :info     model and settings
+  :help      this text                     :quit     leave (or Ctrl-D)"""
 
 
 class Session:
     """The text so far (as a model state) and the sampling settings."""
 
     def __init__(self, model: CharRNN, vocab: Vocab, config: SampleConfig, info: str, out: TextIO,
-                 skip_unknown: bool = False, prime: str = ""):
+                 skip_unknown: bool = False, prime: str = "", labels: list[str] = ()):
         self.model, self.vocab, self.config, self.info, self.out = model, vocab, config, info, out
-        self.skip_unknown = skip_unknown
+        self.skip_unknown, self.labels, self.label = skip_unknown, list(labels), None
         self.generator = np.random.default_rng(config.seed)
         self.step = NumpyStep(model)
         self.state: State | None = None
         self.pending = ""  # the last character shown but not yet fed to the model
         self.one_line = False  # escape line breaks so that each output is one line (for scripts)
-        if prime:
+        self.prime = prime  # items: the start of an item asked for with an empty line
+        if prime and not vocab.items:
             self.feed(prime)
 
     @torch.no_grad()
@@ -59,6 +70,8 @@ class Session:
         """Act on one input line; False means quit."""
         if line.startswith(":"):
             return self.command(line)
+        if self.vocab.items:
+            return self.item(line or self.prime)
         self.vocab.encode(line, self.skip_unknown)  # check the whole line before touching the state
         prime = self.pending + line  # empty at the start: generate() begins a fresh text
         stream = Streamer(self.out)
@@ -76,13 +89,23 @@ class Session:
         self.out.flush()
         return True
 
+    def item(self, prime: str) -> bool:
+        """Show one whole item that begins with `prime`."""
+        draw = generate_items(self.model, self.vocab, self.config, prime, label=self.label,
+                              generator=self.generator, skip_unknown=self.skip_unknown, step=self.step)
+        self.say(draw.texts[0] + ("" if draw.whole[0] else f" [cut at :len {self.config.length}]"))
+        return True
+
     def command(self, line: str) -> bool:
         name, _, arg = line[1:].strip().partition(" ")
         arg = arg.strip()
         if name in ("quit", "q", "exit"):
             return False
         if name == "help":
-            self.say(HELP)
+            self.say(ITEMS_HELP if self.vocab.items else HELP)
+        elif name == "label":
+            self.label = label_index(self.labels, arg or None)
+            self.say(f"ok: label {arg or 'random'}")
         elif name == "info":
             c = self.config
             self.say(f"{self.info}\nsettings: temperature {c.temperature}, top-k {c.top_k or 'off'}, "

@@ -70,6 +70,17 @@ def is_known(text: str, known: np.ndarray) -> bool:
     return bool(at < len(known) and known[at] == value)
 
 
+def label_index(labels: list[str], name: str | None) -> int | None:
+    """The index of label `name` (None: none asked for); a name not in `labels` is a one-line error."""
+    if name is None:
+        return None
+    if not labels:
+        raise CharRNNError(f"this model was trained without labels; drop --label {name}")
+    if name not in labels:
+        raise CharRNNError(f"unknown label {name!r}; this model knows {', '.join(labels)}")
+    return labels.index(name)
+
+
 # -- reading ------------------------------------------------------------------------------------
 @dataclass
 class ItemList:

@@ -1,4 +1,5 @@
 """Items and labels: lists read and framed, whole-item batches, label input, whole and new items out."""
+import io
 import json
 import random
 from dataclasses import replace
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 import charrnn
-from charrnn import checkpoint, items
+from charrnn import checkpoint, interactive, items
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import loss_sums
@@ -342,3 +343,14 @@ def test_a_checkpoint_from_before_items_still_loads(tiny_checkpoint, tmp_path):
 def test_the_fingerprints_ignore_case_and_surrounding_space():
     known = items.fingerprints(["Anna", "Bob"])
     assert items.is_known("  anna ", known) and items.is_known("BOB", known) and not items.is_known("Ann", known)
+
+
+def test_the_prompt_makes_an_item_a_line_and_takes_a_label(names_run):
+    model = charrnn.load(names_run)
+    out = io.StringIO()
+    session = interactive.Session(model.net, model.vocab, SampleConfig(seed=0, length=40), "info", out,
+                                  labels=model.labels)
+    interactive.run(session, io.StringIO("Ko\n\n:label German\n\n:label Klingon\n:len 1\nSt\n"))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 7 and lines[0].startswith("Ko") and lines[1] and lines[2] == "ok: label German"
+    assert lines[4].startswith("error: unknown label 'Klingon'") and lines[6].endswith("[cut at :len 1]")
