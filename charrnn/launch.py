@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -77,7 +78,10 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     amp = autocast_dtype(device, config.dtype)
     threads = set_threads(config.threads, world.local_size)
 
-    text = corpus.load(corpus.resolve(config.corpus, config.encoding))
+    source = corpus.resolve(config.corpus, config.encoding)
+    if source.skipped and world.is_main:  # before the encoding, which may take a while
+        print(corpus.skipped_summary(source), file=sys.stderr, flush=True)
+    text = corpus.load(source)
     # A fine-tune (and its resumption) knows the base model's characters too: the union, sorted.
     known = base[1].chars if base else resume_from["vocab"] if resume_from else []
     vocab, tokens = Vocab(sorted(set(known) | set(text.vocab.chars))), text.tokens

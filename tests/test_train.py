@@ -503,3 +503,15 @@ def test_a_whole_model_config_from_python_is_not_resized():
     assert sizing.wanted(TrainConfig(time_budget=60.0), {"model": "gru"})  # the cell alone is no shape
     assert not sizing.wanted(TrainConfig(time_budget=60.0), {"model": shape})
     assert not sizing.wanted(TrainConfig(time_budget=60.0), {"dropout": 0.1})
+
+
+# -- issue 25: a real folder, a tiny corpus ---------------------------------------------------------
+
+def test_a_folder_with_an_undecodable_file_trains_and_says_once_what_it_left_out(tmp_path, capsys):
+    folder = tmp_path / "headers"
+    folder.mkdir()
+    corpus_file(folder, 2000, "a.h")
+    (folder / "Xge.h").write_bytes(b"/* \xa9 */\n")
+    train(tiny(folder, tmp_path / "run", max_steps=2, eval_every=2, sample_length=0))
+    err = capsys.readouterr().err
+    assert err.count("skipped 1 files of headers: 1 not valid utf-8 (Xge.h; --encoding latin-1 reads them)") == 1
