@@ -1,9 +1,9 @@
 """The training loop: truncated BPTT with carried state, AdamW, clipping, warm-up then cosine decay.
 
 One plain loop, handed its parts (see launch.py for where they are built). Each step: set the
-rate, forward/backward, clip, step, log; every `eval_every` steps (and at least every few minutes)
-evaluate, print a sample and save. On SIGINT/SIGTERM it finishes the step in hand, saves
-`last.pt` and returns, so `--resume` continues bit-identically.
+rate, forward/backward, clip, step, log; every `eval_every` steps (and at least once a pass over
+the text and every few minutes) evaluate, print a sample and save. On SIGINT/SIGTERM it finishes
+the step in hand, saves `last.pt` and returns, so `--resume` continues bit-identically.
 """
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ def eval_interval(config: TrainConfig) -> float:
     """Seconds between evaluations at most: a quarter of a time budget (at least 30 s), at most 5 min,
     so that a short run shows its progress and a sample before it ends."""
     return min(300.0, max(30.0, config.time_budget / 4)) if config.time_budget else 300.0
+
+
+def evaluation_due(step: int, eval_every: int, steps_per_epoch: int) -> bool:
+    """Whether to evaluate after `step`: every eval_every steps and at least once a pass over the
+    training text; a pass shorter than eval_every is also evaluated at its quarter and half, the first
+    time. A tiny corpus is overfit within a few passes, and best.pt can only keep what was evaluated."""
+    early = step < steps_per_epoch < eval_every and step in (steps_per_epoch // 4, steps_per_epoch // 2)
+    return step % min(eval_every, steps_per_epoch) == 0 or early
 
 
 class StopFlag:
@@ -257,7 +265,8 @@ class Trainer:
                     self.logs["metrics.jsonl"].append({"step": self.step, "train_loss": round(train_loss, 5),
                                                        "elapsed": round(self.elapsed, 2)})
                 done = self.finished()
-                if done or self.step % c.eval_every == 0 or self.elapsed - last_eval >= eval_interval(c):
+                due = evaluation_due(self.step, c.eval_every, self.batches.steps_per_epoch)
+                if done or due or self.elapsed - last_eval >= eval_interval(c):
                     say(self._report(self.evaluate_and_save(train_loss, cps)))
                     clock.new_window()
                     _, _, self.elapsed = distributed.agree(self.world, False, False, clock.elapsed, self.device)
