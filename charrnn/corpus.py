@@ -136,7 +136,7 @@ def _text_files_below(root: Path, encoding: str) -> tuple[tuple[Path, ...], tupl
 
 
 def _why_not_text(path: Path, encoding: str) -> str | None:
-    """None for a file that decodes whole, else "empty", "binary" or "not valid ENCODING"."""
+    """None for a file that decodes whole, else why not: "empty", "binary", "not valid ENCODING"..."""
     empty = True
     try:
         for _ in read_file(path, encoding):
