@@ -34,6 +34,20 @@ def make_text(n_chars: int = 20_000) -> str:
     return "".join(out)[:n_chars]
 
 
+def make_cjk_text(n_chars: int = 22_450, seed: int = 0) -> str:
+    """A Chinese-like text of made-up words (1-3 CJK characters, Zipf-distributed) in sentences:
+    a large vocabulary and little text, the corpus on which a model overfits within a few passes."""
+    rng = np.random.default_rng(seed)
+    chars = [chr(0x4E00 + 13 * i) for i in range(1500)]  # within CJK Unified Ideographs
+    words = ["".join(rng.choice(chars, rng.integers(1, 4))) for _ in range(800)]
+    weights = 1 / np.arange(1, len(words) + 1)
+    out, size = [], 0
+    while size < n_chars:
+        sentence = "".join(rng.choice(words, rng.integers(4, 14), p=weights / weights.sum()))
+        out.append(sentence + ("。\n" if rng.random() < 0.3 else "，"))
+        size += len(out[-1])
+    return "".join(out)[:n_chars]
+
 def start_browser(profile: Path, *extra_flags: str, console_log: bool = False):
     """Debian's Chromium under selenium, with a fresh profile; nothing is downloaded."""
     from selenium import webdriver

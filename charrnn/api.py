@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from charrnn import checkpoint, items
+from charrnn import checkpoint, corpus, items
 from charrnn.config import SampleConfig, TrainConfig, parse_duration
 from charrnn.device import pick_device
 from charrnn.errors import CharRNNError
@@ -186,7 +186,9 @@ class Model:
         if not Path(path).is_file():
             raise CharRNNError(f"--score file {path} {'is a directory' if Path(path).is_dir() else 'does not exist'}; "
                                "give one list")
-        listed = items.read(str(path), encoding, items.separator(self.list["separator"]),
+        path = Path(path)
+        listed = items.read(corpus.Source(path.stem, (path,), corpus.check_encoding(encoding)),
+                            items.separator(self.list["separator"]),
                             "column" if items.is_table(str(path)) and self.labels else "none")
         return self.score_items(listed.texts, listed.labels, label, skip_unknown)
 

@@ -162,8 +162,9 @@ class TrainConfig:
                                        "e.g. 90s, 2min, 10m, 1.5h; the learning rate decays over it, so "
                                        "a time-budget run depends on the machine's speed",
                                        check=DURATION, duration=True)
-    eval_every: int = option(500, "validate and save every N steps (and at least every 5 minutes, or "
-                             "every quarter of a --time-budget)", check=POSITIVE_INT)
+    eval_every: int = option(500, "validate and save every N steps (and at least once a pass over the "
+                             "training text, and every 5 minutes or every quarter of a --time-budget)",
+                             check=POSITIVE_INT)
     eval_chars: int = option(100_000, "characters of the validation split scored at each evaluation, the "
                              "same ones every time, so that evaluation costs the same on any corpus; 0 scores "
                              "the whole split (python generate.py --score does too)", check=NONNEGATIVE_INT)

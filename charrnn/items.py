@@ -96,29 +96,29 @@ def split_text(text: str, sep: str) -> list[str]:
     return [t for t in items if t]
 
 
-def read(spec: str | None, encoding: str = "utf-8", sep: str = "\n", labels: str | None = None) -> ItemList:
-    """The items of a --corpus; `labels` is --labels (None: 'column' for a table, else 'none')."""
-    source = corpus.resolve(spec, encoding)
-    table = is_table(spec)
+def read(source: corpus.Source, sep: str = "\n", labels: str | None = None, folder: bool = False) -> ItemList:
+    """The items of a corpus (`folder`: given as a folder); `labels` is --labels (None: 'column'
+    for a table, else 'none')."""
+    table = not folder and source.files[0].suffix.lower() in TABLES
     labels = labels or ("column" if table else "none")
-    if labels == "files" and not (spec and Path(spec).expanduser().is_dir()):
+    if labels == "files" and not folder:
         raise CharRNNError("--labels files needs a folder with a file per label (names/Russian.txt, ...); "
-                           f"{spec or 'the default corpus'} is not a folder")
+                           f"{source.name} is not a folder")
     if labels == "column" and not table:
         raise CharRNNError("--labels column needs a .csv, .tsv or .jsonl corpus with a 'label' column; "
                            "for a folder of files named by label use --labels files")
     if table:
-        listed = read_table(source.files[0], encoding, labels == "column")
+        listed = read_table(source.files[0], source.encoding, labels == "column")
     elif labels == "files":
         texts, names = [], []
         for path in source.files:
-            found = split_text(read_file(path, encoding), sep)
+            found = split_text(read_file(path, source.encoding), sep)
             texts += found
             names += [path.stem] * len(found)
         listed = ItemList(source.name, texts, names)
     else:
         listed = ItemList(source.name, [t for path in source.files
-                                        for t in split_text(read_file(path, encoding), sep)], None)
+                                        for t in split_text(read_file(path, source.encoding), sep)], None)
     if not listed.texts:
         raise CharRNNError(f"corpus {source.name} holds no items (every one was empty); give a list with an "
                            "item per line, or set --item-separator")
@@ -126,7 +126,7 @@ def read(spec: str | None, encoding: str = "utf-8", sep: str = "\n", labels: str
 
 
 def read_file(path: Path, encoding: str) -> str:
-    return "".join(corpus.read_chunks(corpus.Source(path.stem, (path,), encoding)))
+    return "".join(corpus.read_file(path, encoding))
 
 
 def read_table(path: Path, encoding: str, with_labels: bool) -> ItemList:

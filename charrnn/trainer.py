@@ -1,9 +1,9 @@
 """The training loop: truncated BPTT with carried state, AdamW, clipping, warm-up then cosine decay.
 
 One plain loop, handed its parts (see launch.py for where they are built). Each step: set the
-rate, forward/backward, clip, step, log; every `eval_every` steps (and at least every few minutes)
-evaluate, print a sample and save. On SIGINT/SIGTERM it finishes the step in hand, saves
-`last.pt` and returns, so `--resume` continues bit-identically.
+rate, forward/backward, clip, step, log; every `eval_every` steps (and at least once a pass over
+the text and every few minutes) evaluate, print a sample and save. On SIGINT/SIGTERM it finishes
+the step in hand, saves `last.pt` and returns, so `--resume` continues bit-identically.
 """
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ def eval_interval(config: TrainConfig) -> float:
     """Seconds between evaluations at most: a quarter of a time budget (at least 30 s), at most 5 min,
     so that a short run shows its progress and a sample before it ends."""
     return min(300.0, max(30.0, config.time_budget / 4)) if config.time_budget else 300.0
+
+
+def evaluation_due(step: int, eval_every: int, steps_per_epoch: int) -> bool:
+    """Whether to evaluate after `step`: every eval_every steps and at least once a pass over the
+    training text; a pass shorter than eval_every is also evaluated at its quarter and half, the first
+    time. A tiny corpus is overfit within a few passes, and best.pt can only keep what was evaluated."""
+    early = step < steps_per_epoch < eval_every and step in (steps_per_epoch // 4, steps_per_epoch // 2)
+    return step % min(eval_every, steps_per_epoch) == 0 or early
 
 
 class StopFlag:
@@ -193,7 +201,9 @@ class Trainer:
         self.run_dir.save(self.payload(), *names)
 
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate_and_save(self, train_loss: float, chars_per_sec: float) -> dict:
+    def evaluate_and_save(self, train_loss: float, chars_per_sec: float, quick: bool = False) -> dict:
+        """Validate, log, sample and save. A `quick` evaluation (one of the extra ones a short pass
+        gets) only writes best.pt when it improves: on a tiny corpus there is one every few steps."""
         val = evaluate(self.model, self.val_tokens, self.device, self.amp, world=self.world)
         if not math.isfinite(val):  # the last update broke the weights: keep the checkpoints as they are
             raise CharRNNError(f"the validation loss became {val} at step {self.step}; the checkpoints in "
@@ -204,15 +214,18 @@ class Trainer:
                "lr": learning_rate(self.config, self.step, self.progress()),
                "chars_per_sec": round(chars_per_sec)}
         self.logs["metrics.jsonl"].append(row)
-        if self.config.sample_length and self.world.is_main:
+        if self.config.sample_length and self.world.is_main and not quick:
             self.logs["samples.jsonl"].append({"step": self.step, "val_loss": row["val_loss"],
                                                "prime": self.config.sample_prime, "text": self.sample()})
         improved = val < self.best_val
         self.best_val = min(self.best_val, val)
-        payload = self.payload()
-        self.run_dir.save(payload, *(["best.pt", "last.pt"] if improved else ["last.pt"]))
-        self.run_dir.keep_history(payload, self.step, self.config.keep_checkpoints)
-        self.run_dir.write_logs(self.logs)
+        names = ["best.pt"] * improved + ["last.pt"] * (not quick)
+        if names:
+            payload = self.payload()
+            self.run_dir.save(payload, *names)
+        if not quick:
+            self.run_dir.keep_history(payload, self.step, self.config.keep_checkpoints)
+            self.run_dir.write_logs(self.logs)
         return row
 
     def sample(self) -> str:
@@ -268,8 +281,11 @@ class Trainer:
                     self.logs["metrics.jsonl"].append({"step": self.step, "train_loss": round(train_loss, 5),
                                                        "elapsed": round(self.elapsed, 2)})
                 done = self.finished()
-                if done or self.step % c.eval_every == 0 or self.elapsed - last_eval >= eval_interval(c):
-                    say(self._report(self.evaluate_and_save(train_loss, cps)))
+                regular = done or self.step % c.eval_every == 0 or self.elapsed - last_eval >= eval_interval(c)
+                if regular or evaluation_due(self.step, c.eval_every, self.batches.steps_per_epoch):
+                    row = self.evaluate_and_save(train_loss, cps, quick=not regular)
+                    if regular:
+                        say(self._report(row))
                     clock.new_window()
                     _, _, self.elapsed = distributed.agree(self.world, False, False, clock.elapsed, self.device)
                     clock.elapsed = last_eval = self.elapsed

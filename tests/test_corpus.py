@@ -53,13 +53,15 @@ def test_resolve_directory_skips_empty_binary_and_hidden_files(tmp_path):
     (tmp_path / "good.txt").write_text("text")
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
-    (tmp_path / "late_nul.txt").write_bytes(b"x" * 8192 + b"\x00")  # NUL after the first 8 KB: kept
+    (tmp_path / "late_nul.txt").write_bytes(b"x" * 8192 + b"\x00")  # NUL after the first 8 KB: binary too
     (tmp_path / ".hidden.txt").write_text("secret")
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config").write_text("[core]")
     os.mkfifo(tmp_path / "pipe")
-    names = [p.name for p in corpus.resolve(str(tmp_path)).files]
-    assert names == ["good.txt", "late_nul.txt"]
+    source = corpus.resolve(str(tmp_path))
+    assert [p.name for p in source.files] == ["good.txt"]
+    assert [(p.name, why) for p, why in source.skipped] == [
+        ("empty.txt", "empty"), ("image.png", "binary"), ("late_nul.txt", "binary")]
 
 
 def test_resolve_directory_without_text_files(tmp_path):
@@ -252,11 +254,45 @@ def test_truncated_utf8_at_end_of_file(tmp_path):
         corpus.load(corpus.resolve(str(path)))
 
 
-def test_error_names_the_offending_file_of_a_directory(tmp_path):
+def test_a_folder_leaves_out_files_not_valid_in_the_encoding_and_says_so(tmp_path):
+    """Issue 25 item 1: one undecodable header among thousands no longer stops a folder."""
     (tmp_path / "a.txt").write_text("fine\n")
-    (tmp_path / "b.txt").write_bytes(b"ok \xff")
-    with pytest.raises(CharRNNError, match=r"b\.txt is not valid utf-8 \(byte offset 3\)"):
-        corpus.load(corpus.resolve(str(tmp_path)))
+    (tmp_path / "X11" / "extensions").mkdir(parents=True)
+    (tmp_path / "X11" / "extensions" / "Xge.h").write_bytes(b"/* \xa9 1999 */\n")
+    (tmp_path / "z.txt").write_bytes(b"ok \xff")
+    (tmp_path / "empty.h").write_bytes(b"")
+    source = corpus.resolve(str(tmp_path))
+    assert [p.name for p in source.files] == ["a.txt"]
+    assert load_text(tmp_path) == "fine\n"
+    assert corpus.skipped_summary(source) == (
+        f"skipped 3 files of {tmp_path.name}: 2 not valid utf-8 (X11/extensions/Xge.h, z.txt; --encoding latin-1 "
+        "reads them), 1 empty (empty.h)")
+    assert load_text(tmp_path, "latin-1") == "/* © 1999 */\nfine\nok ÿ"
+
+
+def test_a_folder_of_files_none_valid_says_why_in_its_error(tmp_path):
+    (tmp_path / "old.txt").write_bytes(b"caf\xe9")
+    with pytest.raises(CharRNNError, match=r"no text files .*1 not valid utf-8 \(old\.txt; --encoding latin-1"):
+        corpus.resolve(str(tmp_path))
+
+
+def test_the_summary_names_the_first_few_files_of_each_reason(tmp_path):
+    (tmp_path / "good.txt").write_text("text")
+    for i in range(5):
+        (tmp_path / f"bad{i}.txt").write_bytes(b"\xff")
+    summary = corpus.skipped_summary(corpus.resolve(str(tmp_path)))
+    assert "5 not valid utf-8 (bad0.txt, bad1.txt, bad2.txt, ...; --encoding latin-1 reads them)" in summary
+
+
+def test_the_cache_follows_files_that_become_valid_or_invalid(tmp_path):
+    """Issue 25 item 1: the files left out are part of the cache key."""
+    (tmp_path / "a.txt").write_text("first\n")
+    (tmp_path / "b.txt").write_bytes(b"caf\xe9\n")
+    assert load_text(tmp_path) == "first\n"
+    (tmp_path / "b.txt").write_text("café\n")  # fixed
+    assert load_text(tmp_path) == "first\ncafé\n"
+    (tmp_path / "a.txt").write_bytes(b"firs\xff\n")  # broken, same size
+    assert load_text(tmp_path) == "café\n"
 
 
 # ---------------------------------------------------------------- loading and the cache
@@ -440,7 +476,7 @@ def test_utf16_and_utf32_files_in_a_directory_are_read_not_skipped(tmp_path, enc
     (tmp_path / "books" / "plain.txt").unlink()
     assert load_text(tmp_path / "books", encoding) == "漢字 and text\n"
     (tmp_path / "books" / "wide.txt").write_bytes("no mark".encode(encoding + "-le"))
-    with pytest.raises(CharRNNError, match="byte-order mark"):
+    with pytest.raises(CharRNNError, match=rf"1 {encoding} without a byte-order mark \(wide.txt\)"):
         load_text(tmp_path / "books", encoding)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import charrnn
-from charrnn import checkpoint, interactive, items
+from charrnn import checkpoint, corpus, interactive, items
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import loss_sums
@@ -31,6 +31,10 @@ def make_names(label: str, n: int = 120, seed: int = 0) -> list[str]:
     while len(names) < n:
         names.add("".join(rng.choice(SYLLABLES[label]) for _ in range(rng.randint(2, 3))).capitalize())
     return sorted(names)
+
+
+def read(path: Path, **options) -> items.ItemList:
+    return items.read(corpus.resolve(str(path)), folder=path.is_dir(), **options)
 
 
 def names_folder(root: Path) -> Path:
@@ -71,23 +75,23 @@ def test_the_marker_is_no_character():
 def test_lines_are_stripped_and_empty_ones_dropped(tmp_path):
     path = tmp_path / "list.txt"
     path.write_bytes("  Anna \r\n\r\nBob\n\n\nCé 🙂\n".encode())
-    assert items.read(str(path)).texts == ["Anna", "Bob", "Cé 🙂"]
+    assert read(path).texts == ["Anna", "Bob", "Cé 🙂"]
     recipes = tmp_path / "recipes.txt"
     recipes.write_text("Soup\nwater\n\nBread\nflour\nwater\n")
-    assert items.read(str(recipes), sep=items.separator("\\n\\n")).texts == ["Soup\nwater", "Bread\nflour\nwater"]
+    assert read(recipes, sep=items.separator("\\n\\n")).texts == ["Soup\nwater", "Bread\nflour\nwater"]
 
 
 def test_a_folder_of_label_files_and_tables_give_labels(tmp_path):
-    listed = items.read(str(names_folder(tmp_path)), labels="files")
+    listed = read(names_folder(tmp_path), labels="files")
     assert set(listed.labels) == set(SYLLABLES) and len(listed.texts) == 360
     assert listed.labels[listed.texts.index(make_names("German")[0])] == "German"
     (tmp_path / "n.csv").write_text('text,label\nAnna,F\n"Bo, Jr",M\n', encoding="utf-8")
     (tmp_path / "n.tsv").write_text("label\ttext\nF\tAnna\nM\tBo, Jr\n", encoding="utf-8")
     (tmp_path / "n.jsonl").write_text('{"text": "Anna", "label": "F"}\n\n{"text": "Bo, Jr", "label": "M"}\n')
     for name in ("n.csv", "n.tsv", "n.jsonl"):
-        listed = items.read(str(tmp_path / name))
+        listed = read(tmp_path / name)
         assert (listed.texts, listed.labels) == (["Anna", "Bo, Jr"], ["F", "M"]), name
-    assert items.read(str(tmp_path / "n.csv"), labels="none").labels is None
+    assert read(tmp_path / "n.csv", labels="none").labels is None
 
 
 @pytest.mark.parametrize("content, name, message", [
@@ -100,15 +104,15 @@ def test_a_folder_of_label_files_and_tables_give_labels(tmp_path):
 def test_bad_lists_are_one_line_errors(tmp_path, content, name, message):
     (tmp_path / name).write_text(content, encoding="utf-8")
     with pytest.raises(CharRNNError, match=message):
-        items.read(str(tmp_path / name))
+        read(tmp_path / name)
 
 
 def test_labels_files_needs_a_folder_and_column_a_table(tmp_path):
     (tmp_path / "a.txt").write_text("Anna\n")
     with pytest.raises(CharRNNError, match="--labels files needs a folder"):
-        items.read(str(tmp_path / "a.txt"), labels="files")
+        read(tmp_path / "a.txt", labels="files")
     with pytest.raises(CharRNNError, match="--labels column needs"):
-        items.read(str(tmp_path / "a.txt"), labels="column")
+        read(tmp_path / "a.txt", labels="column")
 
 
 def test_encode_frames_every_item_and_subsets_keep_them_whole():

@@ -19,7 +19,8 @@ from charrnn.errors import CharRNNError
 from charrnn.config import TrainConfig
 from charrnn.evaluate import evaluate
 from charrnn.launch import resume_config, train
-from charrnn.trainer import Trainer, learning_rate
+from charrnn.trainer import Trainer, evaluation_due, learning_rate
+from common import make_cjk_text
 from conftest import build_trainer, make_text
 
 REPO = Path(__file__).resolve().parent.parent
@@ -503,3 +504,48 @@ def test_a_whole_model_config_from_python_is_not_resized():
     assert sizing.wanted(TrainConfig(time_budget=60.0), {"model": "gru"})  # the cell alone is no shape
     assert not sizing.wanted(TrainConfig(time_budget=60.0), {"model": shape})
     assert not sizing.wanted(TrainConfig(time_budget=60.0), {"dropout": 0.1})
+
+
+# -- issue 25: a real folder, a tiny corpus ---------------------------------------------------------
+
+def test_a_folder_with_an_undecodable_file_trains_and_says_once_what_it_left_out(tmp_path, capsys):
+    folder = tmp_path / "headers"
+    folder.mkdir()
+    corpus_file(folder, 2000, "a.h")
+    (folder / "Xge.h").write_bytes(b"/* \xa9 */\n")
+    train(tiny(folder, tmp_path / "run", max_steps=2, eval_every=2, sample_length=0))
+    err = capsys.readouterr().err
+    assert err.count("skipped 1 files of headers: 1 not valid utf-8 (Xge.h; --encoding latin-1 reads them)") == 1
+
+
+def test_a_corpus_whose_pass_is_long_is_evaluated_as_before():
+    assert [s for s in range(1, 2001) if evaluation_due(s, 500, 800)] == [500, 1000, 1500, 2000]
+    assert [s for s in range(1, 2001) if evaluation_due(s, 500, 500)] == [500, 1000, 1500, 2000]
+
+
+def test_a_short_pass_is_evaluated_every_pass_and_at_its_quarter_and_half_the_first_time():
+    assert [s for s in range(1, 60) if evaluation_due(s, 500, 18)] == [4, 9, 18, 36, 54]
+    assert [s for s in range(1, 60) if evaluation_due(s, 20, 18)] == [4, 9, 18, 36, 54]
+
+
+def test_on_a_tiny_corpus_best_pt_is_the_best_of_evaluations_that_come_every_pass(tmp_path):
+    """Issue 25 item 2: the validation loss is lowest after a few passes, long before --eval-every."""
+    text = tmp_path / "zh.txt"
+    text.write_text(make_cjk_text(1500), encoding="utf-8")
+    run_dir = tmp_path / "run"
+    train(tiny(text, run_dir, rnn_size=64, embedding_size=16, seq_length=16, learning_rate=0.02,
+               max_steps=300, eval_every=300, sample_length=0, seed=0))
+    evals = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    steps_per_epoch = checkpoint.load(run_dir / "last.pt")["data"]["steps_per_epoch"]
+    assert set(range(steps_per_epoch, 301, steps_per_epoch)) <= {r["step"] for r in evals}
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert best["step"] < 300 and best["val_loss"] < evals[-1]["val_loss"] - 0.2  # overfit after it
+    assert checkpoint.load(run_dir / "best.pt")["progress"]["step"] == best["step"]
+
+
+def test_the_start_up_lines_say_when_the_validation_split_is_too_small_to_mean_much(tmp_path, capsys):
+    build_trainer(tiny(corpus_file(tmp_path, 4000), tmp_path / "run"))
+    assert "the validation split is small (400 chars, under 10,000)" in capsys.readouterr().out
+    build_trainer(tiny(corpus_file(tmp_path, 100_000, "big.txt"), tmp_path / "run2"))
+    out = capsys.readouterr().out
+    assert "val 10,000" in out and "the validation split is small" not in out
