@@ -2,6 +2,7 @@
 from its parts, and headless Chromium."""
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,3 +72,26 @@ def trainer_from_parts(config: TrainConfig, vocab_size: int = 65, n_chars: int =
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.99))
     batches = StreamBatches(tokens, config.batch_size, config.seq_length)
     return Trainer(config, model, optimizer, batches, tokens[:10_000], vocab, RunDir(Path("."), writes=False))
+
+
+# Made-up surnames by language, for the tests of items and labels (no third-party list needed).
+SYLLABLES = {"Russian": ["ov", "ev", "in", "sky", "ko", "va", "ich", "mir"],
+             "German": ["berg", "mann", "stein", "hof", "er", "lich", "bach"],
+             "Italian": ["ini", "elli", "etti", "ucci", "ano", "ari", "ola"]}
+
+
+def make_names(label: str, n: int = 120, seed: int = 0) -> list[str]:
+    """Distinct surnames from a label's syllables, sorted, as the PyTorch tutorial's files are."""
+    rng, names = random.Random(f"{label}{seed}"), set()
+    while len(names) < n:
+        names.add("".join(rng.choice(SYLLABLES[label]) for _ in range(rng.randint(2, 3))).capitalize())
+    return sorted(names)
+
+
+def names_folder(root: Path) -> Path:
+    """root/names/<Label>.txt, one surname a line: the tutorial's data/names layout."""
+    folder = root / "names"
+    folder.mkdir()
+    for label in SYLLABLES:
+        (folder / f"{label}.txt").write_text("\n".join(make_names(label)) + "\n", encoding="utf-8")
+    return folder

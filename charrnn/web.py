@@ -31,6 +31,7 @@ PAGE_FILES = ("index.html", "app.js", "style.css")
 MODEL_FILE = "model.js"
 MARKER = "// charrnn web export"  # first line of model.js: marks a folder we may overwrite
 DTYPES = {"float32": "<f4", "float16": "<f2"}
+BASE85_GROUP = 4  # bytes per 5 base85 characters
 
 
 def export_web(ckpt: dict, out_dir: str | Path, *, dtype: str = "float32") -> Path:
@@ -65,6 +66,8 @@ def export_web(ckpt: dict, out_dir: str | Path, *, dtype: str = "float32") -> Pa
         "tensors": [{"name": n, "shape": s} for n, s in zip(names, shapes)],
         "bytes": packed["bytes"], "data": packed["data"],
     }
+    if vocab.items:
+        spec["items"] = _items(ckpt["items"])
     # ensure_ascii: any vocabulary character is written as an escape, so the file is plain ASCII
     text = f"{MARKER} (charrnn.web.export_web); see app.js for how it is read.\n" \
            f"window.CHARRNN_MODEL = {json.dumps(spec, ensure_ascii=True)};\n"
@@ -93,12 +96,21 @@ def _starts_with_marker(path: Path) -> bool:
         return f.read(len(MARKER)) == MARKER.encode()
 
 
+def _items(info: dict) -> dict:
+    """What the items view needs: the labels, and the training list's fingerprints cut to their
+    first 32 bits (the page checks a new item against them; the list itself is not shipped)."""
+    prefixes = np.unique((info["fingerprints"].numpy() >> 32).astype(np.uint32))  # sorted
+    data = prefixes.astype("<u4").tobytes()
+    return {"labels": list(info["labels"]), "separator": info["separator"], "known_count": len(prefixes),
+            "known": base64.b85encode(data + bytes(-len(data) % BASE85_GROUP)).decode("ascii")}
+
+
 def _pack(values: np.ndarray) -> dict:
     """Little-endian values -> byte planes -> raw deflate -> base85 text (see the module docstring)."""
     planes = values.view(np.uint8).reshape(-1, values.itemsize).T.tobytes()
     packer = zlib.compressobj(9, zlib.DEFLATED, -15)  # wbits -15: raw deflate, no zlib header
     deflated = packer.compress(planes) + packer.flush()
-    padded = deflated + bytes(-len(deflated) % 4)  # whole 4-byte groups: 5 characters each
+    padded = deflated + bytes(-len(deflated) % BASE85_GROUP)  # whole groups: 5 characters each
     return {"bytes": len(deflated), "data": base64.b85encode(padded).decode("ascii")}
 
 

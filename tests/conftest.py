@@ -10,7 +10,7 @@ from charrnn import checkpoint, flags
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))  # the helpers benchmarks and tests share
-from common import SHAKESPEARE, make_text  # noqa: E402,F401  (tests import them from here)
+from common import SHAKESPEARE, SYLLABLES, make_names, make_text, names_folder  # noqa: E402,F401  (tests import them from here)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,6 @@
 """Items and labels: lists read and framed, whole-item batches, label input, whole and new items out."""
 import io
 import json
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,32 +16,11 @@ from charrnn.evaluate import loss_sums
 from charrnn.launch import train
 from charrnn.model import CharRNN, NumpyStep
 from charrnn.vocab import MARKER, Vocab
-from conftest import build_trainer
+from conftest import SYLLABLES, build_trainer, make_names, names_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SYLLABLES = {"Russian": ["ov", "ev", "in", "sky", "ko", "va", "ich", "mir"],
-             "German": ["berg", "mann", "stein", "hof", "er", "lich", "bach"],
-             "Italian": ["ini", "elli", "etti", "ucci", "ano", "ari", "ola"]}
-
-
-def make_names(label: str, n: int = 120, seed: int = 0) -> list[str]:
-    """Made-up surnames from a label's syllables, distinct and sorted, as the tutorial's files are."""
-    rng, names = random.Random(f"{label}{seed}"), set()
-    while len(names) < n:
-        names.add("".join(rng.choice(SYLLABLES[label]) for _ in range(rng.randint(2, 3))).capitalize())
-    return sorted(names)
-
-
 def read(path: Path, **options) -> items.ItemList:
     return items.read(corpus.resolve(str(path)), folder=path.is_dir(), **options)
-
-
-def names_folder(root: Path) -> Path:
-    folder = root / "names"
-    folder.mkdir()
-    for label in SYLLABLES:
-        (folder / f"{label}.txt").write_text("\n".join(make_names(label)) + "\n", encoding="utf-8")
-    return folder
 
 
 def tiny(corpus: Path, run_dir: Path, **kw) -> TrainConfig:

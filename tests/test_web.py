@@ -20,7 +20,7 @@ from charrnn import checkpoint
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.web import export_web
-from common import CHROMEDRIVER, CHROMIUM, start_browser
+from common import CHROMEDRIVER, CHROMIUM, SYLLABLES, make_names, names_folder, start_browser
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = "apt-get install -y chromium chromium-driver && pip install selenium"
@@ -287,3 +287,57 @@ def test_a_page_without_its_model_says_so(browser, exported, tmp_path):
     assert wait_for(browser, "document.body.dataset.model === 'error'")
     assert "model.js" in browser.find_element("id", "summary").text
     browser.get_log("browser")  # the missing script is logged as an error, rightly
+
+
+@pytest.fixture(scope="module")
+def items_page(tmp_path_factory, torch_one_thread):
+    """(run folder, index.html) of a small LSTM trained on three labelled lists of made-up surnames."""
+    from charrnn.config import TrainConfig
+    from charrnn.launch import train
+
+    root = tmp_path_factory.mktemp("items-web")
+    config = TrainConfig.from_options(corpus=str(names_folder(root)), items=True, labels="files", rnn_size=48,
+                                      num_layers=1, embedding_size=16, seq_length=16, batch_size=16, learning_rate=1e-2,
+                                      warmup_steps=0, max_steps=150, checkpoint_dir=str(root / "run"), threads=1,
+                                      sample_length=0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHARRNN_CACHE_DIR", str(root / "cache"))
+        mp.setattr("charrnn.trainer.plot_metrics", lambda *args: None)
+        train(config)
+    import charrnn
+
+    return root / "run", charrnn.load(root / "run").export_web(root / "page")
+
+
+def page_items(driver, index: Path, **query) -> list[tuple[str, bool]]:
+    """Open the items view with run=1 and these settings: (text, whole) of each item it lists."""
+    open_page(driver, index, run=1, **query)
+    assert wait_for(driver, "document.getElementById('item-list').dataset.state === 'done'")
+    assert_no_console_errors(driver)
+    return [(li.text.removesuffix(" (cut)"), "cut" not in li.get_attribute("class"))
+            for li in driver.find_elements("css selector", "#item-list li")]
+
+
+@pytest.mark.parametrize("label, prime", [("Russian", ""), ("German", "B"), ("Italian", "El")])
+def test_the_items_view_makes_generate_py_greedy_items(browser, items_page, label, prime):
+    run, index = items_page
+    expected = generate_py(run, "--label", label, "--prime", prime, "--temperature", "0", "--length", "30")
+    assert page_items(browser, index, label=label, prime=prime, temperature=0, count=1, length=30,
+                      novel=0) == [(expected.rstrip("\n"), True)]
+    tabs = [t.get_attribute("data-view") for t in browser.find_elements("css selector", ".tab") if t.is_displayed()]
+    assert tabs == ["items"]
+
+
+def test_the_items_view_keeps_only_new_items_without_the_list(browser, items_page):
+    run, index = items_page
+    made = page_items(browser, index, count=12, seed=3, novel=1, temperature=1)
+    known = {n.lower() for label in SYLLABLES for n in make_names(label)}
+    assert len(made) == 12 and not {t.lower() for t, _ in made} & known and len({t for t, _ in made}) == 12
+    status = browser.find_element("id", "items-status").text
+    assert "seed 3" in status and "left out" in status
+    checks = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1]; const known = knownItems(window.CHARRNN_MODEL.items);"
+        "Promise.all(arguments[0].map((t) => isKnown(known, t))).then(done);",
+        [f"  {make_names('German')[0].upper()} ", make_names("Russian")[5], "Zzyzx"])
+    assert checks == [True, True, False]
+    assert make_names("German")[0] not in (index.parent / "model.js").read_text()  # fingerprints, not the list

@@ -11,6 +11,8 @@
  *  - #score-total[data-bpc] and #neuron-status[data-state="done"] when those views finish.
  *  - URL query: prime, temperature, top_k, top_p, length, seed fill the controls, view=score or
  *    view=neurons opens that view, run=1 generates at once.
+ *  - A model of items (spec.items) opens the Items view alone: #item-list[data-state] becomes
+ *    "done" with one <li> per item (class "cut" if it reached the longest length first).
  *
  * Numbers: weights are stored as Float32Array, every sum and state is a float64 Number, so the
  * page computes the same function as PyTorch to far better than the 0.001 bits/char it must match.
@@ -86,7 +88,14 @@ async function loadModel(spec) {
     tensors[name] = values.subarray(offset, offset + size);
     offset += size;
   }
-  return new CharModel(spec.config, spec.vocab, tensors);
+  return new CharModel(spec.config, spec.vocab, tensors, spec.items);
+}
+
+/** The training list's fingerprints (first 32 bits of each SHA-256), sorted, for "new items only". */
+function knownItems(items) {
+  const bytes = base85Decode(items.known, 4 * items.known_count);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return Uint32Array.from({ length: items.known_count }, (_, i) => view.getUint32(4 * i, true));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +159,7 @@ function rnnCell(gi, gh, H) {
 }
 
 class CharModel {
-  constructor(config, vocab, tensors) {
+  constructor(config, vocab, tensors, items = null) {
     this.cell = config.model;
     this.numLayers = config.num_layers;
     this.hidden = config.rnn_size;
@@ -158,6 +167,8 @@ class CharModel {
     this.vocab = vocab;
     this.index = new Map(vocab.map((c, i) => [c, i]));
     this.embed = tensors["embed.weight"];
+    this.labelEmbed = tensors["label_embed.weight"] ?? null; // a model with labels adds one at every step
+    this.marker = items ? vocab.length : null; // a model of items: the index that starts and ends one
     this.layers = [];
     for (let k = 0; k < this.numLayers; k++) {
       this.layers.push({
@@ -175,11 +186,12 @@ class CharModel {
     return { h: zeros(), c: this.cell === "lstm" ? zeros() : null };
   }
 
-  /** Read one character (its index): returns the logits for the next one and the new state. */
-  step(state, index) {
+  /** Read one character (its index; label: a model with labels): the logits for the next one and the new state. */
+  step(state, index, label = null) {
     const H = this.hidden, E = this.embeddingSize;
     // a Float64Array like every other input, so affine() stays one fast, monomorphic loop
     let x = Float64Array.from(this.embed.subarray(index * E, (index + 1) * E));
+    if (label !== null) for (let j = 0; j < E; j++) x[j] += this.labelEmbed[label * E + j];
     const next = { h: [], c: this.cell === "lstm" ? [] : null };
     this.layers.forEach(({ wIh, bIh, wHh, bHh }, k) => {
       const gi = affine(wIh, bIh, x);
@@ -621,6 +633,97 @@ function showNeuron() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Items: whole items from a model trained on a list, as generate.py makes them
+
+/** How generate.py --novel compares items: case and surrounding whitespace do not count. */
+async function isKnown(known, text) {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text.trim().toLowerCase()));
+  const value = new DataView(digest).getUint32(0); // big-endian, as Python's fingerprints
+  let lo = 0, hi = known.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (known[mid] < value) lo = mid + 1; else hi = mid;
+  }
+  return lo < known.length && known[lo] === value;
+}
+
+/** One item: the marker, then the prime, then characters until the model draws the marker again. */
+function makeItem(model, s, label, random) {
+  const prime = Array.from(s.prime).filter((c) => model.index.has(c));
+  let state = model.zeroState(), logits;
+  for (const index of [model.marker, ...prime.map((c) => model.index.get(c))]) {
+    ({ logits, state } = model.step(state, index, label));
+  }
+  let text = prime.join("");
+  for (let t = 0; t < s.length; t++) {
+    const next = pickNext(logits, s, random);
+    if (next === model.marker) return { text, whole: true };
+    text += model.vocab[next];
+    if (t < s.length - 1) ({ logits, state } = model.step(state, next, label));
+  }
+  return { text, whole: false };
+}
+
+function readItemSettings() {
+  const number = (id) => ($(id).value.trim() === "" ? null : Number($(id).value));
+  const s = { prime: $("item-prime").value, count: number("item-count") ?? 20, temperature: number("item-temperature") ?? 0.8,
+    topK: null, topP: null, length: number("item-length") ?? 100, seed: number("item-seed"), novel: $("item-novel").checked,
+    label: $("item-label").value === "" ? null : Number($("item-label").value) };
+  const whole = (v, min, max = Infinity) => v === null || (Number.isInteger(v) && v >= min && v <= max);
+  if (!whole(s.count, 1, 1000)) throw new Error("items must be a whole number from 1 to 1000");
+  if (!(s.temperature >= 0 && Number.isFinite(s.temperature))) throw new Error("temperature must be a number >= 0");
+  if (!whole(s.length, 1)) throw new Error("the longest item must be a whole number >= 1");
+  if (!whole(s.seed, 0)) throw new Error("seed must be a whole number >= 0");
+  return s;
+}
+
+const NOVEL_DRAWS = 50; // as generate.py --novel: give up after this many draws per item asked for
+
+async function makeItems(model, known) {
+  const list = $("item-list"), status = $("items-status");
+  const job = startJob("items");
+  let s;
+  try {
+    s = readItemSettings();
+  } catch (e) {
+    status.textContent = e.message;
+    list.dataset.state = "error";
+    return;
+  }
+  if (s.seed === null) s.seed = Math.floor(Math.random() * 2 ** 32);
+  const random = mulberry32(s.seed), labels = model.labels, seen = new Set();
+  let draws = 0, copies = 0, repeats = 0, sliceStart = performance.now();
+  list.replaceChildren();
+  list.dataset.state = "running";
+  while (list.children.length < s.count && draws < s.count * (s.novel ? NOVEL_DRAWS : 1)) {
+    const label = labels.length ? (s.label ?? Math.floor(random() * labels.length)) : null;
+    const { text, whole } = makeItem(model, s, label, random);
+    draws++;
+    if (s.novel && await isKnown(known, text)) copies++;
+    else if (s.novel && seen.has(text.trim().toLowerCase())) repeats++;
+    else {
+      seen.add(text.trim().toLowerCase());
+      const li = document.createElement("li");
+      li.textContent = text;
+      if (!whole) li.className = "cut";
+      if (label !== null && s.label === null) li.title = labels[label];
+      list.append(li);
+    }
+    if (performance.now() - sliceStart > SLICE_MS) {
+      await yieldToBrowser();
+      if (job.stopped) return;
+      sliceStart = performance.now();
+    }
+  }
+  const made = list.children.length;
+  list.dataset.state = "done";
+  status.textContent = `${made} item${made === 1 ? "" : "s"}, seed ${s.seed}` + (s.novel
+    ? `; ${copies} cop${copies === 1 ? "y" : "ies"} of the training list and ${repeats} repeat${repeats === 1 ? "" : "s"} left out` +
+      (made < s.count ? ` in ${draws} draws: the model mostly copies its list; raise the temperature` : "")
+    : "");
+}
+
+// ---------------------------------------------------------------------------------------------
 // The page: views, summary, controls, URL settings
 
 function showView(name) {
@@ -656,6 +759,10 @@ async function defaultNeuronText(model) {
 }
 
 function wireControls(model) {
+  $("items-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    makeItems(model, model.known);
+  });
   $("write-form").addEventListener("submit", (e) => {
     e.preventDefault();
     generate(model);
@@ -703,6 +810,15 @@ async function main() {
     return;
   }
   $("summary").textContent = describeModel(spec.summary);
+  model.labels = spec.items ? spec.items.labels : [];
+  if (spec.items) {
+    model.known = knownItems(spec.items);
+    model.labels.forEach((name, i) => $("item-label").append(new Option(name, i)));
+    $("item-label-field").hidden = !model.labels.length;
+    for (const tab of document.querySelectorAll(".tab")) tab.hidden = tab.dataset.view !== "items";
+    showView("items");
+    $("items-run").disabled = false;
+  }
   wireControls(model);
   const query = new URLSearchParams(location.search);
   for (const id of SETTINGS) if (query.has(id)) $(id).value = query.get(id);
@@ -711,6 +827,14 @@ async function main() {
   document.body.dataset.model = "ready";
   const view = query.get("view");
   if (view === "score" || view === "neurons") document.querySelector(`.tab[data-view="${view}"]`).click();
+  if (spec.items) {
+    for (const [id, key] of [["item-prime", "prime"], ["item-seed", "seed"], ["item-count", "count"],
+      ["item-temperature", "temperature"], ["item-length", "length"]]) if (query.has(key)) $(id).value = query.get(key);
+    if (query.has("label")) $("item-label").value = String(model.labels.indexOf(query.get("label")));
+    if (query.has("novel")) $("item-novel").checked = query.get("novel") === "1";
+    if (query.get("run") === "1") makeItems(model, model.known);
+    return;
+  }
   if (query.get("run") === "1") generate(model);
 }
 
