@@ -1,6 +1,8 @@
 """Lists of things, measured: items mode against stream mode, labels, and the PyTorch tutorial's model.
 
-Two side-by-side runs of `--minutes` each (both children at once, one core and one thread each):
+First the training speed of both modes on the same items (characters per second, padding not
+counted), quiet and beside a busy process; then two side-by-side runs of `--minutes` each (both
+children at once, one core and one thread each):
 
 1. The names of the packages Debian knows (`apt-cache pkgnames`): `train.py --items` against
    `train.py` on the same training items as one newline-separated stream. On the same held-out
@@ -224,6 +226,46 @@ def ours_after_first(model, val: list[str], labels: list[str]) -> tuple[float, i
     return total, count
 
 
+# -- throughput ---------------------------------------------------------------------------------
+
+def throughput(out: Path, path: Path, steps: int = 40, rounds: int = 3) -> dict:
+    """Characters trained on per second (padding not counted), items mode against the same items as
+    one stream, the 2x256 LSTM at the default batch, one thread: alternating rounds, quiet and then
+    beside one busy process."""
+    from charrnn.config import TrainConfig
+    from charrnn.distributed import World
+    from charrnn.launch import build
+
+    torch.set_num_threads(1)
+    train, _, _, _ = held_out(path)
+    stream_file = out / "pkgnames-stream.txt"
+    stream_file.write_text("\n".join(train) + "\n", encoding="utf-8")
+    trainers = {mode: build(TrainConfig.from_options(corpus=str(corpus_path), items=mode == "items", rnn_size=256,
+                                                     threads=1, max_steps=10**6, sample_length=0,
+                                                     checkpoint_dir=str(out / f"tp-{mode}")), World(), overwrite=True)
+                for mode, corpus_path in (("items", path), ("stream", stream_file))}
+    result = {}
+    for condition in ("quiet", "beside a busy process"):
+        busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if condition != "quiet" else None
+        speeds = {mode: [] for mode in trainers}
+        try:
+            for _ in range(rounds):
+                for mode, trainer in trainers.items():
+                    for _ in range(3):
+                        trainer.train_step()
+                    start, chars = time.perf_counter(), 0
+                    for _ in range(steps):
+                        trainer.train_step()
+                        chars += trainer.chars_last_step
+                    speeds[mode].append(chars / (time.perf_counter() - start))
+        finally:
+            if busy:
+                busy.kill()
+        result[condition] = {mode: round(float(np.median(v))) for mode, v in speeds.items()}
+        result[condition]["items/stream"] = round(result[condition]["items"] / result[condition]["stream"], 3)
+    return result
+
+
 # -- the runs -----------------------------------------------------------------------------------
 
 def train_cmd(corpus_path: Path, run: Path, seconds: float, *extra: str) -> list[str]:
@@ -298,7 +340,8 @@ def main() -> None:
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     seconds = args.minutes * 60
-    result = {"items_against_stream": items_against_stream(args.out, seconds, args.cap, args.samples),
+    result = {"throughput_chars_per_sec": throughput(args.out, package_names(args.out)),
+              "items_against_stream": items_against_stream(args.out, seconds, args.cap, args.samples),
               "labels_against_tutorial": labels_against_tutorial(args.out, seconds, args.words, 200)}
     print(json.dumps(result, indent=1, ensure_ascii=False))
 

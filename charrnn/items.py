@@ -214,53 +214,59 @@ def split(items: Items, val_frac: float, test_frac: float = 0.0) -> tuple[Items,
 
 
 # -- batches ------------------------------------------------------------------------------------
-def cut(order: np.ndarray, lengths: np.ndarray, chars: int, seq_length: int, min_rows: int = 1) -> list[np.ndarray]:
-    """Cut items (in `order`) into batches of at most `chars` characters of windows (at least
-    `min_rows` rows): a batch's window is its longest item, up to `seq_length`."""
-    batches, start, longest = [], 0, 0
-    for j, length in enumerate(lengths[order].tolist()):
-        widest = min(max(longest, length), seq_length)
-        if j - start >= min_rows and (j - start + 1) * widest > chars:
-            batches.append(order[start:j])
-            start, longest = j, 0
-        longest = max(longest, length)
-    batches.append(order[start:])
-    return batches
+def rows_for(lengths: np.ndarray, chars: int, window: int, most: int) -> int:
+    """Rows per batch: as many typical items (their median length, up to a window) as make `chars`."""
+    return int(np.clip(chars // max(1, int(np.median(np.minimum(lengths, window)))), 1, most))
 
 
-def padded(items: Items, which: np.ndarray, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets (rows, width) of items `which`: each from its opening marker, padded."""
+def cut(order: np.ndarray, pools: np.ndarray, rows: int) -> list[np.ndarray]:
+    """Items in `order` (sorted by length within each pool) cut into batches of `rows`, a pool's
+    last batch short. Every batch gets the same number of rows, padded if short: oneDNN's bf16
+    LSTM builds its kernels for each batch size it meets, and ever-new numbers of rows cost up to
+    twice the step time of one number, where ever-new lengths cost nothing (bench/RESULTS.md)."""
+    runs = np.split(order, np.flatnonzero(np.diff(pools)) + 1)
+    return [run[i:i + rows] for run in runs for i in range(0, len(run), rows)]
+
+
+def padded(items: Items, which: np.ndarray, rows: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets (rows, width) of items `which`, each from its opening marker; padding,
+    and the rows after the items, read markers and are not scored."""
     lengths = items.lengths[which]
-    rows = np.repeat(np.arange(len(which)), lengths)
+    at = np.repeat(np.arange(len(which)), lengths)
     cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     starts = np.repeat(items.bounds[which], lengths) + cols
-    x = np.full((len(which), width), items.tokens[-1], dtype=np.int64)  # padding reads markers
-    y = np.full((len(which), width), IGNORE, dtype=np.int64)            # and is not scored
-    x[rows, cols], y[rows, cols] = items.tokens[starts], items.tokens[starts + 1]
+    x = np.full((rows, width), items.tokens[-1], dtype=np.int64)
+    y = np.full((rows, width), IGNORE, dtype=np.int64)
+    x[at, cols], y[at, cols] = items.tokens[starts], items.tokens[starts + 1]
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def label_tensor(items: Items, which: np.ndarray) -> torch.Tensor | None:
-    return None if items.labels is None else torch.from_numpy(items.labels[which])
+def label_tensor(items: Items, which: np.ndarray, rows: int) -> torch.Tensor | None:
+    """The labels of items `which`, then label 0 for the padding rows (nothing of theirs is scored)."""
+    if items.labels is None:
+        return None
+    return torch.from_numpy(np.concatenate([items.labels[which], np.zeros(rows - len(which), np.int64)]))
 
 
 class ItemBatches:
     """Whole items for training, reshuffled every epoch, each read from a fresh state.
 
     A batch holds items of about the same length (sorted within a shuffled pool of POOL batches'
-    worth) and as many rows as fit batch_size x seq_length characters, so that short items cost
-    what the same characters of running text cost. An item longer than seq_length goes through
-    in windows of seq_length with the state carried, as running text does.
+    worth), as many as batch_size x seq_length characters of typical items make, so that short
+    items cost what the same characters of running text cost. An item longer than seq_length goes
+    through in windows of seq_length with the state carried, as running text does.
     """
 
     POOL = 64
+    MOST_ROWS = 16  # x batch_size: a list of one-character items must not make a huge batch
 
     def __init__(self, items: Items, batch_size: int, seq_length: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
-        self.items, self.chars, self.seq_length, self.seed = items, batch_size * seq_length, seq_length, seed
-        self.rank, self.world_size = rank, world_size
         if len(items) < world_size:
             raise CharRNNError(f"the training list has {len(items)} items, fewer than the {world_size} processes")
+        self.items, self.seq_length, self.seed, self.rank, self.world_size = items, seq_length, seed, rank, world_size
+        self.rows = rows_for(items.lengths, batch_size * seq_length, seq_length, self.MOST_ROWS * batch_size)
+        self.rows = -(-max(self.rows, world_size) // world_size) * world_size  # the same rows on every rank
         self.epoch, self.batch, self.window = 0, 0, 0
         self.plan = self._plan(0)
         self.steps_per_epoch = sum(self._windows(b) for b in self.plan)
@@ -271,9 +277,9 @@ class ItemBatches:
         rng = np.random.default_rng([self.seed, epoch])
         lengths = self.items.lengths
         order = rng.permutation(len(self.items))
-        pool = np.cumsum(lengths[order]) // (self.POOL * self.chars)
-        order = order[np.lexsort((lengths[order], pool))]
-        batches = cut(order, lengths, self.chars, self.seq_length, self.world_size)
+        pools = np.cumsum(lengths[order]) // (self.POOL * self.rows * self.seq_length)
+        order = order[np.lexsort((lengths[order], pools))]
+        batches = cut(order, np.sort(pools), self.rows)
         return [batches[i] for i in rng.permutation(len(batches))]
 
     def _windows(self, which: np.ndarray) -> int:
@@ -286,9 +292,9 @@ class ItemBatches:
         """(x, y, new_stream, labels): new_stream means a new batch of items, read from a fresh state."""
         which = self.plan[self.batch]
         if self._current != (self.epoch, self.batch):
-            mine = which[self.rank::self.world_size]  # every rank pads to the batch's longest item
-            self._x, self._y = padded(self.items, mine, int(self.items.lengths[which].max()))
-            self._labels, self._current = label_tensor(self.items, mine), (self.epoch, self.batch)
+            mine, rows = which[self.rank::self.world_size], self.rows // self.world_size
+            self._x, self._y = padded(self.items, mine, rows, int(self.items.lengths[which].max()))
+            self._labels, self._current = label_tensor(self.items, mine, rows), (self.epoch, self.batch)
         t = slice(self.window * self.seq_length, (self.window + 1) * self.seq_length)
         out = self._x[:, t], self._y[:, t], self.window == 0, self._labels
         self.window += 1
@@ -311,8 +317,9 @@ def eval_batches(items: Items, chars: int = EVAL_CHARS, window: int = 1024
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor, bool, torch.Tensor | None]]:
     """Every item once, by length, as (x, y, new_stream, labels) windows for evaluation."""
     order = np.argsort(items.lengths, kind="stable")
-    for which in cut(order, items.lengths, chars, window):
-        x, y = padded(items, which, int(items.lengths[which].max()))
-        labels = label_tensor(items, which)
+    rows = min(rows_for(items.lengths, chars, window, chars), len(order))
+    for which in cut(order, np.zeros(len(order)), rows):
+        x, y = padded(items, which, rows, int(items.lengths[which].max()))
+        labels = label_tensor(items, which, rows)
         for start in range(0, x.shape[1], window):
             yield x[:, start:start + window], y[:, start:start + window], start == 0, labels

@@ -23,6 +23,7 @@ from charrnn import distributed, rng
 from charrnn.config import SampleConfig, TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import evaluate
+from charrnn.items import IGNORE
 from charrnn.model import CharRNN, detach_state, state_from_list, state_to_list
 from charrnn.plot import plot_metrics
 from charrnn.runs import RunDir
@@ -79,24 +80,24 @@ class Clock:
     def __init__(self, elapsed: float = 0.0):
         self.elapsed = elapsed
         self._last = self._window_start = time.perf_counter()
-        self._window_steps = 0
+        self._window_chars = 0
 
     def tick(self) -> None:
         now = time.perf_counter()
         self.elapsed += now - self._last
         self._last = now
 
-    def step(self) -> None:
+    def step(self, chars: int) -> None:
         self.tick()
-        self._window_steps += 1
+        self._window_chars += chars
 
-    def steps_per_sec(self) -> float:
-        return self._window_steps / max(1e-9, self._last - self._window_start)
+    def chars_per_sec(self) -> float:
+        return self._window_chars / max(1e-9, self._last - self._window_start)
 
     def new_window(self) -> None:
         """Start measuring speed afresh (after an evaluation, which is not training)."""
         self.tick()
-        self._window_start, self._window_steps = self._last, 0
+        self._window_start, self._window_chars = self._last, 0
 
 
 def format_seconds(seconds: float) -> str:
@@ -117,6 +118,7 @@ class Trainer:
         self.checkpoint_info = checkpoint_info or {}  # corpus, lineage: saved in every checkpoint
         self.step, self.elapsed, self.best_val = 0, 0.0, math.inf
         self.state = None
+        self.chars_last_step = 0
         self.logs: dict[str, list[dict]] = {"metrics.jsonl": [], "samples.jsonl": []}
         self.callbacks: list[Callable[[Trainer], None]] = []  # called after every step
         distributed.same_weights(world, model)
@@ -148,6 +150,8 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             log_probs, state = self.model(x, self.state, labels)
         loss = F.nll_loss(log_probs.flatten(0, 1), y.flatten())  # the padding after items is ignored
+        # characters trained on, padding not counted (every rank's, as if they had as many as this one)
+        self.chars_last_step = int((y != IGNORE).sum()) * self.world.size
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.world, self.model.parameters())
@@ -253,7 +257,6 @@ class Trainer:
                 print(f"nothing to train: the run already reached its stopping rule at step {self.step} "
                       f"({format_seconds(self.elapsed)}); raise --max-steps, --max-epochs or --time-budget to go on")
             return self.summary(interrupted=False)
-        chars_per_step = c.batch_size * c.seq_length * self.world.size
         train_loss, stopping = math.nan, False
         clock, last_eval = Clock(self.elapsed), self.elapsed
         bar = tqdm(total=c.max_steps, initial=self.step, unit="step", dynamic_ncols=True, leave=False,
@@ -262,7 +265,7 @@ class Trainer:
         with StopFlag() as stop, bar:
             while True:
                 loss = self.train_step()
-                clock.step()
+                clock.step(self.chars_last_step)
                 # one small all-reduce per step: every rank stops, and schedules, by rank 0's clock
                 bad, stopping, self.elapsed = distributed.agree(
                     self.world, not math.isfinite(loss), stop.signal is not None, clock.elapsed, self.device)
@@ -272,7 +275,7 @@ class Trainer:
                     raise CharRNNError(f"the loss became {what} at step {self.step}; the checkpoints in "
                                        f"{self.run_dir.path} are kept; lower --learning-rate or --grad-clip")
                 train_loss = loss if math.isnan(train_loss) else 0.95 * train_loss + 0.05 * loss
-                cps = clock.steps_per_sec() * chars_per_step  # training speed, evaluations excluded
+                cps = clock.chars_per_sec()  # training speed, evaluations excluded
                 bar.update(1)
                 bar.set_postfix_str(self._postfix(train_loss, cps), refresh=False)
                 for callback in self.callbacks:

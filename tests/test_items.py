@@ -130,15 +130,24 @@ def test_an_epoch_trains_every_item_once_from_a_fresh_state():
     batches = items.ItemBatches(items.encode(texts, vocab), batch_size=4, seq_length=8, seed=1)
     seen, rows = [], {}
     for x, y, new, _ in epoch_of(batches):
-        assert x.shape == y.shape and x.shape[1] <= 8 and x.shape[0] * x.shape[1] <= 32 or x.shape[0] <= 4
+        assert x.shape == y.shape and x.shape[0] == batches.rows and x.shape[1] <= 8
         if new:  # a new batch: each row is an item from its opening marker
             assert (x[:, 0] == vocab.marker).all()
-            seen += [vocab.decode(row[row != items.IGNORE].tolist()) for row in rows.values()]
+            seen += [vocab.decode(row[row != items.IGNORE].tolist()) for row in rows.values() if (row >= 0).any()]
             rows = {}
         for r in range(len(y)):
             rows[r] = torch.cat([rows.get(r, torch.zeros(0, dtype=torch.long)), y[r]])
-    seen += [vocab.decode(row[row != items.IGNORE].tolist()) for row in rows.values()]
+    seen += [vocab.decode(row[row != items.IGNORE].tolist()) for row in rows.values() if (row >= 0).any()]
     assert sorted(seen) == sorted(texts) and batches.epoch == 1
+
+
+def test_every_batch_has_the_same_rows():
+    vocab = Vocab(list("ab"), items=True)
+    rng = np.random.default_rng(0)
+    listed = items.encode(["a" * n for n in rng.integers(1, 80, 3000)], vocab)
+    batches = items.ItemBatches(listed, batch_size=8, seq_length=32)
+    shapes = {tuple(next(batches)[0].shape) for _ in range(batches.steps_per_epoch)}
+    assert {rows for rows, _ in shapes} == {batches.rows} and max(width for _, width in shapes) == 32
 
 
 def test_batches_reshuffle_every_epoch_and_resume_exactly():
