@@ -1,0 +1,228 @@
+"""Continuous batching for the server: every request in flight moves on one character per step.
+
+One worker thread owns the numpy streams. A request joins at the next character and leaves when
+it is done; between steps the thread takes in new requests and drops finished ones.
+
+    step t:    A A A A B B C        rows of one NumpyStep stream (A asked for 4 samples)
+    step t+1:  A A A A C D          B finished, D joined: the stream is rebuilt from its state
+
+How a seed stays exact. `charrnn.load(p).generate(prime, seed=s)` primes with the torch forward,
+then draws each character with `sample.draw` from its own `np.random.default_rng(s)` on the logits
+of a stream of its own rows. Here each request keeps its own Generator and draws on its own rows
+only, with the same calls, so it consumes the same random numbers whatever runs beside it; its
+prime is the same torch forward, alone. What can differ is the logits: BLAS rounds a 32-row
+product differently in the last bits from a 1-row one, and NumpyStep uses another (equal in
+exact arithmetic) LSTM formula from 4 rows up. A draw can change only where two characters'
+scores lie within that rounding of each other (bench/RESULTS.md counts how often that was seen).
+`exact=True` removes even that: each request gets a stream of its own rows, so every operation is
+the one `generate` makes, bit for bit, at about one stream's speed in total.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from charrnn.config import SampleConfig
+from charrnn.device import ThreadGovernor
+from charrnn.model import NumpyStep, NumpyState, state_to_list
+from charrnn.sample import draw, seen_prime, start_indices
+
+CHUNK_CHARS = 8  # characters per streamed event after the first, which goes at once
+BATCH_ROWS = 4   # from this many rows on, BLAS may use every free core (as sample_steps does)
+
+
+class Job:
+    """One request's samples: how to draw them, what was drawn, and where the news goes.
+
+    `emit(new, final)` is called from the worker thread with each sample's characters since the
+    last call; `final` is True once, at the end. `cancelled` is set when the client leaves.
+    """
+
+    def __init__(self, config: SampleConfig, prime: str, num_samples: int,
+                 emit: Callable[[list[str], bool], None], stream: bool = False, skip_unknown: bool = False):
+        self.config, self.prime, self.num_samples = config, prime, num_samples
+        self.emit, self.stream, self.skip_unknown = emit, stream, skip_unknown
+        self.generator = np.random.default_rng(config.seed)
+        self.texts: list[list[str]] = [[] for _ in range(num_samples)]
+        self.done = [False] * num_samples
+        self.tails = [""] * num_samples
+        self.steps, self.sent, self.cancelled = 0, 0, False
+        self.error: str | None = None  # why the sampler could not finish this job
+
+    def begin(self, shown_prime: str) -> None:
+        """Set where a stop string may begin: in the prime, as the model reads it."""
+        stop = self.config.stop or ""
+        self.tails = [shown_prime[-(len(stop) - 1):] if len(stop) > 1 else ""] * self.num_samples
+
+    def take(self, chars: list[str]) -> None:
+        """Record one step's characters. The one place that decides a sample is finished."""
+        stop = self.config.stop
+        for i, char in enumerate(chars):
+            if self.done[i]:
+                continue
+            self.texts[i].append(char)
+            if stop:  # the last len(stop) characters, prime included
+                self.tails[i] = (self.tails[i] + char)[-len(stop):]
+                self.done[i] = self.tails[i] == stop
+        self.steps += 1
+        if self.finished or (self.stream and (self.sent == 0 or self.steps - self.sent >= CHUNK_CHARS)):
+            self.emit(["".join(t[self.sent:]) if len(t) > self.sent else "" for t in self.texts], self.finished)
+            self.sent = self.steps
+
+    def fail(self, error: str) -> None:
+        self.error = error
+        self.emit([""] * self.num_samples, True)
+
+    @property
+    def finished(self) -> bool:
+        return all(self.done) or self.steps >= self.config.length
+
+    @property
+    def active(self) -> bool:
+        return not (self.finished or self.cancelled)
+
+
+@dataclass
+class Member:
+    """A job in a lane: its next logits (rows, V) and its state, each (L, rows, H)."""
+    job: Job
+    logits: np.ndarray
+    state: NumpyState
+
+
+class Lane:
+    """Jobs sharing one NumpyStep stream, their rows one after another."""
+
+    def __init__(self, step: NumpyStep, chars: list[str], members: list[Member]):
+        self.members, self.chars = members, chars
+        self.stream = step.stream(tuple(np.concatenate(part, axis=1) for part in zip(*(m.state for m in members))))
+        self.logits = np.concatenate([m.logits for m in members])  # (rows, V)
+        bounds = np.cumsum([0] + [m.job.num_samples for m in members]).tolist()
+        self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.rows = bounds[-1]
+
+    def advance(self) -> None:
+        """Draw each job's next characters from its own generator, then move the stream on."""
+        nxt = np.zeros(self.rows, dtype=np.int64)  # a leaving job's rows move on too, unseen
+        for member, rows in zip(self.members, self.slices):
+            if member.job.active:
+                nxt[rows] = draw(self.logits[rows], member.job.config, member.job.generator)
+                member.job.take([self.chars[c] for c in nxt[rows].tolist()])
+        if any(m.job.active for m in self.members):
+            self.logits = self.stream(nxt)
+
+    def remaining(self) -> list[Member]:
+        """The jobs still running, each with its current logits and state (copies)."""
+        state = self.stream.state()
+        return [Member(m.job, self.logits[rows].copy(), tuple(s[:, rows] for s in state))
+                for m, rows in zip(self.members, self.slices) if m.job.active]
+
+
+class Batcher:
+    """Steps every submitted Job in one worker thread until it is finished or cancelled."""
+
+    def __init__(self, model, exact: bool = False):
+        self.net, self.vocab, self.exact = model.net, model.vocab, exact
+        self.step = NumpyStep(model.net)
+        self.incoming: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.lanes: list[Lane] = []
+        self.thread = threading.Thread(target=self._run, name="charrnn-batcher", daemon=True)
+        self.error: str | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        if self.error:
+            job.fail(self.error)
+        else:
+            self.incoming.put(job)
+
+    def stop(self) -> None:
+        """End the worker after its current step; jobs still running hear no more."""
+        self.incoming.put(None)
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # noqa: BLE001  every request in flight hears why, none waits forever
+            self.error = f"the sampler failed: {type(e).__name__}: {e}"
+            for job in [m.job for lane in self.lanes for m in lane.members] + self._drain():
+                job.fail(self.error)
+            raise
+
+    def _drain(self) -> list[Job]:
+        """The jobs submitted but not yet taken in."""
+        jobs = []
+        while not self.incoming.empty():
+            jobs.append(self.incoming.get())
+        return [job for job in jobs if job is not None]
+
+    def _loop(self) -> None:
+        cores = os.cpu_count() or 1
+        governor = ThreadGovernor(cores, interval=0.5, apply=lambda n: None)
+        limits = threadpool_limits(limits=1, user_api="blas")
+        blas = 1
+        try:
+            while self._admit(block=not self.lanes):
+                for lane in self.lanes:
+                    lane.advance()
+                self.lanes = self._leave()
+                governor()
+                # one BLAS thread for a few rows; for a batch, the cores other processes leave free
+                wanted = governor.threads if sum(lane.rows for lane in self.lanes) >= BATCH_ROWS else 1
+                if wanted != blas:
+                    threadpool_limits(limits=wanted, user_api="blas")
+                    blas = wanted
+        finally:
+            limits.restore_original_limits()
+
+    def _admit(self, block: bool) -> bool:
+        """Take in the jobs submitted since the last step (waiting for one when idle); False: stop."""
+        joining = []
+        while True:
+            try:
+                job = self.incoming.get(block=block and not joining)
+            except queue.Empty:
+                break
+            if job is None:
+                return False
+            if job.cancelled:
+                continue
+            try:
+                joining.append(self._prime(job))
+            except Exception as e:  # noqa: BLE001  one request's failure (memory, say) is its own
+                job.fail(f"the prime failed: {type(e).__name__}: {e}")
+        if joining and self.exact:
+            self.lanes += [Lane(self.step, self.vocab.chars, [m]) for m in joining]
+        elif joining:
+            staying = self.lanes[0].remaining() if self.lanes else []
+            self.lanes = [Lane(self.step, self.vocab.chars, staying + joining)]
+        return True
+
+    def _prime(self, job: Job) -> Member:
+        """The job's rows after its prime: the torch forward, alone, as sample_steps makes it."""
+        job.begin(seen_prime(self.vocab, job.prime, job.skip_unknown))
+        idx = torch.tensor(start_indices(self.vocab, job.prime, job.skip_unknown))
+        self.net.eval()
+        with torch.no_grad():
+            log_probs, state = self.net(idx.expand(job.num_samples, -1))
+        return Member(job, log_probs[:, -1].cpu().numpy(), tuple(s.float().numpy() for s in state_to_list(state)))
+
+    def _leave(self) -> list[Lane]:
+        """Drop finished and cancelled jobs; rebuild a lane only when its set of jobs changed."""
+        kept = []
+        for lane in self.lanes:
+            if all(m.job.active for m in lane.members):
+                kept.append(lane)
+            elif staying := lane.remaining():
+                kept.append(Lane(self.step, lane.chars, staying))
+        return kept
