@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,8 +36,10 @@ from charrnn.device import ThreadGovernor
 from charrnn.model import NumpyStep, NumpyState, state_to_list
 from charrnn.sample import draw, seen_prime, start_indices
 
-CHUNK_CHARS = 8  # characters per streamed event after the first, which goes at once
-BATCH_ROWS = 4   # from this many rows on, BLAS may use every free core (as sample_steps does)
+EVENT_INTERVAL = 0.02   # seconds between a stream's events after the first, which goes at once
+PRIMES_KEPT = 256        # prime forward passes kept: many clients start from the same prime,
+PRIME_KEPT_CHARS = 1000  # and one no longer than this takes little memory
+BATCH_ROWS = 4           # from this many rows on, BLAS may use every free core (as sample_steps does)
 
 
 class Job:
@@ -52,14 +56,21 @@ class Job:
         self.generator = np.random.default_rng(config.seed)
         self.texts: list[list[str]] = [[] for _ in range(num_samples)]
         self.done = [False] * num_samples
+        self.chars: list[str] = []  # the vocabulary, set by begin
         self.tails = [""] * num_samples
-        self.steps, self.sent, self.cancelled = 0, 0, False
+        self.steps, self.sent, self.sent_at, self.cancelled = 0, 0, 0.0, False
         self.error: str | None = None  # why the sampler could not finish this job
 
-    def begin(self, shown_prime: str) -> None:
-        """Set where a stop string may begin: in the prime, as the model reads it."""
-        stop = self.config.stop or ""
+    def begin(self, chars: list[str], shown_prime: str) -> None:
+        """Set the vocabulary, and where a stop string may begin: in the prime, as the model reads it."""
+        self.chars, stop = chars, self.config.stop or ""
         self.tails = [shown_prime[-(len(stop) - 1):] if len(stop) > 1 else ""] * self.num_samples
+
+    def next(self, logits: np.ndarray) -> np.ndarray:
+        """Draw the next character of each sample from logits (rows, V); returns their indices."""
+        drawn = draw(logits, self.config, self.generator)
+        self.take([self.chars[c] for c in drawn.tolist()])
+        return drawn
 
     def take(self, chars: list[str]) -> None:
         """Record one step's characters. The one place that decides a sample is finished."""
@@ -72,9 +83,10 @@ class Job:
                 self.tails[i] = (self.tails[i] + char)[-len(stop):]
                 self.done[i] = self.tails[i] == stop
         self.steps += 1
-        if self.finished or (self.stream and (self.sent == 0 or self.steps - self.sent >= CHUNK_CHARS)):
-            self.emit(["".join(t[self.sent:]) if len(t) > self.sent else "" for t in self.texts], self.finished)
-            self.sent = self.steps
+        now = time.perf_counter() if self.stream else 0.0
+        if self.finished or (self.stream and (self.sent == 0 or now - self.sent_at >= EVENT_INTERVAL)):
+            self.emit(["".join(t[self.sent:]) for t in self.texts], self.finished)
+            self.sent, self.sent_at = self.steps, now
 
     def fail(self, error: str) -> None:
         self.error = error
@@ -91,37 +103,34 @@ class Job:
 
 @dataclass
 class Member:
-    """A job in a lane: its next logits (rows, V) and its state, each (L, rows, H)."""
+    """A job in a lane: its state, each (L, rows, H), and the characters drawn last, not yet read."""
     job: Job
-    logits: np.ndarray
     state: NumpyState
+    drawn: np.ndarray
 
 
 class Lane:
     """Jobs sharing one NumpyStep stream, their rows one after another."""
 
-    def __init__(self, step: NumpyStep, chars: list[str], members: list[Member]):
-        self.members, self.chars = members, chars
+    def __init__(self, step: NumpyStep, members: list[Member]):
+        self.members = members
         self.stream = step.stream(tuple(np.concatenate(part, axis=1) for part in zip(*(m.state for m in members))))
-        self.logits = np.concatenate([m.logits for m in members])  # (rows, V)
+        self.drawn = np.concatenate([m.drawn for m in members])  # (rows,)
         bounds = np.cumsum([0] + [m.job.num_samples for m in members]).tolist()
         self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         self.rows = bounds[-1]
 
     def advance(self) -> None:
-        """Draw each job's next characters from its own generator, then move the stream on."""
-        nxt = np.zeros(self.rows, dtype=np.int64)  # a leaving job's rows move on too, unseen
+        """Move the stream on by the characters drawn last, then draw each job's next ones."""
+        logits = self.stream(self.drawn)
         for member, rows in zip(self.members, self.slices):
-            if member.job.active:
-                nxt[rows] = draw(self.logits[rows], member.job.config, member.job.generator)
-                member.job.take([self.chars[c] for c in nxt[rows].tolist()])
-        if any(m.job.active for m in self.members):
-            self.logits = self.stream(nxt)
+            if member.job.active:  # a leaving job's rows move on too, unseen, until the rebuild
+                self.drawn[rows] = member.job.next(logits[rows])
 
     def remaining(self) -> list[Member]:
-        """The jobs still running, each with its current logits and state (copies)."""
+        """The jobs still running, each with its state and last characters (copies)."""
         state = self.stream.state()
-        return [Member(m.job, self.logits[rows].copy(), tuple(s[:, rows] for s in state))
+        return [Member(m.job, tuple(s[:, rows] for s in state), self.drawn[rows].copy())
                 for m, rows in zip(self.members, self.slices) if m.job.active]
 
 
@@ -135,6 +144,7 @@ class Batcher:
         self.lanes: list[Lane] = []
         self.thread = threading.Thread(target=self._run, name="charrnn-batcher", daemon=True)
         self.error: str | None = None
+        self.primed: OrderedDict[tuple, tuple] = OrderedDict()  # (indices, rows) -> (logits, state), newest last
 
     def start(self) -> None:
         self.thread.start()
@@ -201,21 +211,38 @@ class Batcher:
                 joining.append(self._prime(job))
             except Exception as e:  # noqa: BLE001  one request's failure (memory, say) is its own
                 job.fail(f"the prime failed: {type(e).__name__}: {e}")
+        joining = [m for m in joining if m.job.active]
         if joining and self.exact:
-            self.lanes += [Lane(self.step, self.vocab.chars, [m]) for m in joining]
+            self.lanes += [Lane(self.step, [m]) for m in joining]
         elif joining:
             staying = self.lanes[0].remaining() if self.lanes else []
-            self.lanes = [Lane(self.step, self.vocab.chars, staying + joining)]
+            self.lanes = [Lane(self.step, staying + joining)]
         return True
 
     def _prime(self, job: Job) -> Member:
-        """The job's rows after its prime: the torch forward, alone, as sample_steps makes it."""
-        job.begin(seen_prime(self.vocab, job.prime, job.skip_unknown))
+        """The job after its prime (the torch forward, alone, as sample_steps makes it) and its
+        first characters, drawn and sent at once rather than after the other joiners' primes."""
+        job.begin(self.vocab.chars, seen_prime(self.vocab, job.prime, job.skip_unknown))
+        logits, state = self._forward(job)
+        return Member(job, state, job.next(logits))
+
+    def _forward(self, job: Job) -> tuple[np.ndarray, NumpyState]:
+        """The last logits (rows, V) and state of the prime's forward pass. The same prime and rows
+        give the same bits every time, so a kept result is exact; it is never written to."""
+        key = (job.prime, job.skip_unknown, job.num_samples)
+        if key in self.primed:
+            self.primed.move_to_end(key)
+            return self.primed[key]
         idx = torch.tensor(start_indices(self.vocab, job.prime, job.skip_unknown))
         self.net.eval()
         with torch.no_grad():
             log_probs, state = self.net(idx.expand(job.num_samples, -1))
-        return Member(job, log_probs[:, -1].cpu().numpy(), tuple(s.float().numpy() for s in state_to_list(state)))
+        primed = (log_probs[:, -1].cpu().numpy(), tuple(s.float().numpy() for s in state_to_list(state)))
+        if len(job.prime) <= PRIME_KEPT_CHARS:
+            self.primed[key] = primed
+            if len(self.primed) > PRIMES_KEPT:
+                self.primed.popitem(last=False)
+        return primed
 
     def _leave(self) -> list[Lane]:
         """Drop finished and cancelled jobs; rebuild a lane only when its set of jobs changed."""
@@ -224,5 +251,5 @@ class Batcher:
             if all(m.job.active for m in lane.members):
                 kept.append(lane)
             elif staying := lane.remaining():
-                kept.append(Lane(self.step, lane.chars, staying))
+                kept.append(Lane(self.step, staying))
         return kept
