@@ -198,11 +198,8 @@ class Batcher:
     def _admit(self, block: bool) -> bool:
         """Take in the jobs submitted since the last step (waiting for one when idle); False: stop."""
         joining = []
-        while True:
-            try:
-                job = self.incoming.get(block=block and not joining)
-            except queue.Empty:
-                break
+        while (block and not joining) or not self.incoming.empty():  # one reader: get() will not wait
+            job = self.incoming.get()
             if job is None:
                 return False
             if job.cancelled:
