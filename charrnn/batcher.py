@@ -19,7 +19,6 @@ the one `generate` makes, bit for bit, at about one stream's speed in total.
 """
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -32,14 +31,12 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from charrnn.config import SampleConfig
-from charrnn.device import ThreadGovernor
 from charrnn.model import NumpyStep, NumpyState, state_to_list
 from charrnn.sample import draw, seen_prime, start_indices
 
 EVENT_INTERVAL = 0.02   # seconds between a stream's events after the first, which goes at once
 PRIMES_KEPT = 256        # prime forward passes kept: many clients start from the same prime,
 PRIME_KEPT_CHARS = 1000  # and one no longer than this takes little memory
-BATCH_ROWS = 4           # from this many rows on, BLAS may use every free core (as sample_steps does)
 
 
 class Job:
@@ -58,7 +55,7 @@ class Job:
         self.done = [False] * num_samples
         self.chars: list[str] = []  # the vocabulary, set by begin
         self.tails = [""] * num_samples
-        self.steps, self.sent, self.sent_at, self.cancelled = 0, 0, 0.0, False
+        self.steps, self.sent, self.sent_at, self.cancelled, self.finished = 0, 0, 0.0, False, False
         self.error: str | None = None  # why the sampler could not finish this job
 
     def begin(self, chars: list[str], shown_prime: str) -> None:
@@ -83,18 +80,15 @@ class Job:
                 self.tails[i] = (self.tails[i] + char)[-len(stop):]
                 self.done[i] = self.tails[i] == stop
         self.steps += 1
+        self.finished = self.steps >= self.config.length or (stop is not None and all(self.done))
         now = time.perf_counter() if self.stream else 0.0
         if self.finished or (self.stream and (self.sent == 0 or now - self.sent_at >= EVENT_INTERVAL)):
             self.emit(["".join(t[self.sent:]) for t in self.texts], self.finished)
             self.sent, self.sent_at = self.steps, now
 
     def fail(self, error: str) -> None:
-        self.error = error
+        self.error, self.finished = error, True
         self.emit([""] * self.num_samples, True)
-
-    @property
-    def finished(self) -> bool:
-        return all(self.done) or self.steps >= self.config.length
 
     @property
     def active(self) -> bool:
@@ -113,7 +107,7 @@ class Lane:
     """Jobs sharing one NumpyStep stream, their rows one after another."""
 
     def __init__(self, step: NumpyStep, members: list[Member]):
-        self.members = members
+        self.members, self.jobs = members, [m.job for m in members]
         self.stream = step.stream(tuple(np.concatenate(part, axis=1) for part in zip(*(m.state for m in members))))
         self.drawn = np.concatenate([m.drawn for m in members])  # (rows,)
         bounds = np.cumsum([0] + [m.job.num_samples for m in members]).tolist()
@@ -123,9 +117,9 @@ class Lane:
     def advance(self) -> None:
         """Move the stream on by the characters drawn last, then draw each job's next ones."""
         logits = self.stream(self.drawn)
-        for member, rows in zip(self.members, self.slices):
-            if member.job.active:  # a leaving job's rows move on too, unseen, until the rebuild
-                self.drawn[rows] = member.job.next(logits[rows])
+        for job, rows in zip(self.jobs, self.slices):
+            if not (job.finished or job.cancelled):  # a leaving job's rows move on, unseen, until the rebuild
+                self.drawn[rows] = job.next(logits[rows])
 
     def remaining(self) -> list[Member]:
         """The jobs still running, each with its state and last characters (copies)."""
@@ -177,23 +171,13 @@ class Batcher:
         return [job for job in jobs if job is not None]
 
     def _loop(self) -> None:
-        cores = os.cpu_count() or 1
-        governor = ThreadGovernor(cores, interval=0.5, apply=lambda n: None)
-        limits = threadpool_limits(limits=1, user_api="blas")
-        blas = 1
-        try:
+        # One BLAS thread: the event loop in this process needs the other core to send the text
+        # (beside 32 streaming clients, two threads made 10-20% fewer characters: bench/RESULTS.md).
+        with threadpool_limits(limits=1, user_api="blas"):
             while self._admit(block=not self.lanes):
                 for lane in self.lanes:
                     lane.advance()
                 self.lanes = self._leave()
-                governor()
-                # one BLAS thread for a few rows; for a batch, the cores other processes leave free
-                wanted = governor.threads if sum(lane.rows for lane in self.lanes) >= BATCH_ROWS else 1
-                if wanted != blas:
-                    threadpool_limits(limits=wanted, user_api="blas")
-                    blas = wanted
-        finally:
-            limits.restore_original_limits()
 
     def _admit(self, block: bool) -> bool:
         """Take in the jobs submitted since the last step (waiting for one when idle); False: stop."""

@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +36,34 @@ SHUTDOWN_S = 3  # on SIGINT/SIGTERM, streams in flight get this long to finish b
 WEB_TYPES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
              "model.js": "text/javascript"}
 INSTALL = 'the server needs its extra: pip install -e ".[serve]"'
+HOST, DEFAULT_PORT = "127.0.0.1", 8000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, and how many may run at once."""
+    max_length: int = 2000
+    max_batch: int = 32
+    max_concurrent: int = 64
+    max_body: int = 262_144
 
 
 def add_flags(group: argparse._ActionsContainer) -> None:
     """The server's flags, shared by charrnn-serve and generate.py --serve."""
-    group.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only; "
+    group.add_argument("--host", help=f"address to listen on (default {HOST}: this machine only; "
                        "any other needs --token or --no-token)")
-    group.add_argument("--port", type=flags.checked(int, PORT), help="port to listen on (default 8000)")
+    group.add_argument("--port", type=flags.checked(int, PORT), help=f"port to listen on (default {DEFAULT_PORT})")
     group.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every request")
     group.add_argument("--no-token", action="store_true", default=None,
                        help="serve a non-loopback --host without a token (anyone who can reach it may use it)")
     group.add_argument("--max-length", type=flags.checked(int, POSITIVE_INT),
-                       help="the most characters a request may ask for (default 2000)")
+                       help=f"the most characters a request may ask for (default {Limits.max_length})")
     group.add_argument("--max-batch", type=flags.checked(int, POSITIVE_INT),
-                       help="the most samples one request may ask for (default 32)")
+                       help=f"the most samples one request may ask for (default {Limits.max_batch})")
     group.add_argument("--max-concurrent", type=flags.checked(int, POSITIVE_INT),
-                       help="requests served at once; more get 503 and Retry-After (default 64)")
+                       help=f"requests served at once; more get 503 and Retry-After (default {Limits.max_concurrent})")
     group.add_argument("--max-body", type=flags.checked(int, POSITIVE_INT),
-                       help="the largest request body in bytes; larger get 413 (default 262144)")
+                       help=f"the largest request body in bytes; larger get 413 (default {Limits.max_body})")
     group.add_argument("--exact", action="store_true", default=None,
                        help="give every request a stream of its own: texts bit for bit as charrnn's "
                        "generate makes them, at about one stream's speed in total (see charrnn/batcher.py)")
@@ -63,30 +73,25 @@ SERVER_FLAGS = ("host", "port", "token", "no_token", "max_length", "max_batch", 
                 "exact")
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_length: int = 2000
-    max_batch: int = 32
-    max_concurrent: int = 64
-    max_body: int = 262_144
-
-
 # ---------------------------------------------------------------------------- request bodies
 @dataclass(frozen=True)
 class Field:
-    """One JSON field a request may hold: the JSON types it takes, named for the error message."""
+    """One JSON field a request may hold: the JSON types it takes (named for the error message),
+    and the range of a value that SampleConfig does not check itself."""
     types: tuple[type, ...]
     words: str
+    check: Range | None = None
 
 
 NUMBER, INTEGER = Field((int, float), "a number"), Field((int,), "an integer")
 TEXT, SWITCH = Field((str,), "a string"), Field((bool,), "true or false")
-# Each endpoint's fields, named as the flags are; SampleConfig checks the values. A model with
-# labels would add `label` and `novel` here as two more rows.
+# Each endpoint's fields, named as the flags are. Those that are SampleConfig's go to it and get
+# its checks. A model with labels would add `label` and `novel` here as two more rows.
 GENERATE_FIELDS = {"prime": TEXT, "length": INTEGER, "temperature": NUMBER, "top_k": INTEGER, "top_p": NUMBER,
-                   "stop": TEXT, "seed": INTEGER, "num_samples": INTEGER, "skip_unknown": SWITCH,
-                   "stream": SWITCH}
+                   "stop": TEXT, "seed": INTEGER, "num_samples": Field((int,), "an integer", POSITIVE_INT),
+                   "skip_unknown": SWITCH, "stream": SWITCH}
 SCORE_FIELDS = {"text": TEXT, "skip_unknown": SWITCH}
+SAMPLE_OPTIONS = {f.name for f in fields(SampleConfig)}
 
 
 class BadRequest(Exception):
@@ -104,11 +109,14 @@ def read_fields(body: Any, table: dict[str, Field]) -> dict[str, Any]:
     for name, value in body.items():
         if name not in table:
             raise BadRequest(f"unknown field {name!r}; the fields are {', '.join(table)}", name)
-        kinds = table[name].types
-        if value is not None and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
-            raise BadRequest(f"{name} must be {table[name].words}, not {json.dumps(value)[:40]}", name)
+        field = table[name]
+        if value is not None and (not isinstance(value, field.types)
+                                  or (isinstance(value, bool) and bool not in field.types)):
+            raise BadRequest(f"{name} must be {field.words}, not {json.dumps(value)[:40]}", name)
         if isinstance(value, int) and abs(value) >= 2**64:  # config.Range would fail to make it a float
             raise BadRequest(f"{name} is out of range: a number of {len(str(value))} digits", name)
+        if value is not None and field.check is not None and value not in field.check:
+            raise BadRequest(f"{name} must be {field.check.words}, not {value}", name)
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -121,17 +129,15 @@ def as_field_error(error: CharRNNError, field: str | None = None) -> BadRequest:
     return BadRequest(message, field or (names[0] if names else None))
 
 
-def sample_request(fields: dict, limits: Limits) -> tuple[SampleConfig, int]:
+def sample_request(given: dict, limits: Limits) -> tuple[SampleConfig, int]:
     """The SampleConfig and number of samples a /v1/generate body asks for, checked and capped."""
-    options = {k: fields[k] for k in ("length", "temperature", "top_k", "top_p", "stop", "seed") if k in fields}
+    options = {k: v for k, v in given.items() if k in SAMPLE_OPTIONS}
     options.setdefault("length", min(SampleConfig.length, limits.max_length))
     try:
         config = SampleConfig(**options)
     except CharRNNError as e:
         raise as_field_error(e) from None
-    n = fields.get("num_samples", 1)
-    if n not in POSITIVE_INT:
-        raise BadRequest(f"num_samples must be {POSITIVE_INT.words}, not {n}", "num_samples")
+    n = given.get("num_samples", 1)
     if config.length > limits.max_length:
         raise BadRequest(f"length must be at most {limits.max_length} on this server (--max-length)", "length")
     if n > limits.max_batch:
@@ -200,9 +206,9 @@ class Server:
 
         from charrnn.batcher import Job
 
-        fields = await self.read_json(request, GENERATE_FIELDS)
-        config, n = sample_request(fields, self.limits)
-        prime, skip = fields.get("prime", ""), fields.get("skip_unknown", False)
+        given = await self.read_json(request, GENERATE_FIELDS)
+        config, n = sample_request(given, self.limits)
+        prime, skip = given.get("prime", ""), given.get("skip_unknown", False)
         try:
             shown = self.model.seen_prime(prime, skip)
         except CharRNNError as e:
@@ -210,7 +216,7 @@ class Server:
         settings = {"prime": shown, **asdict(config), "num_samples": n}
         loop, news, start = asyncio.get_running_loop(), asyncio.Queue(), time.perf_counter()
         job = Job(config, prime, n, lambda new, final: loop.call_soon_threadsafe(news.put_nowait, (new, final)),
-                  stream=fields.get("stream", False), skip_unknown=skip)
+                  stream=given.get("stream", False), skip_unknown=skip)
 
         def totals() -> dict:
             texts = [shown + "".join(t) for t in job.texts]
@@ -253,11 +259,11 @@ class Server:
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import JSONResponse
 
-        fields = await self.read_json(request, SCORE_FIELDS)
-        if "text" not in fields:
+        given = await self.read_json(request, SCORE_FIELDS)
+        if "text" not in given:
             raise BadRequest("text is missing: the text to score", "text")
         try:
-            score = await run_in_threadpool(self.model.score, fields["text"], fields.get("skip_unknown", False))
+            score = await run_in_threadpool(self.model.score, given["text"], given.get("skip_unknown", False))
         except CharRNNError as e:
             raise as_field_error(e, "text") from None
         request.state.chars = score.chars
@@ -366,7 +372,7 @@ def check_access(host: str, token: str | None, no_token: bool) -> None:
 
 def serve(checkpoint: str | None, args: dict) -> int:
     """Load the model, listen, answer until SIGINT or SIGTERM, then stop cleanly (exit 0)."""
-    host, port = args.get("host", "127.0.0.1"), args.get("port", 8000)
+    host, port = args.get("host", HOST), args.get("port", DEFAULT_PORT)
     check_access(host, args.get("token"), bool(args.get("no_token")))
     try:
         import starlette  # noqa: F401
