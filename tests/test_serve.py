@@ -313,3 +313,24 @@ def test_long_texts_beside_31_others_equal_each_alone(model):
         batcher.stop()
     assert ["".join(job.texts[0]) for job in jobs] == [
         model.generate(job.prime, length=1000, seed=seed)[len(job.prime):] for seed, job in enumerate(jobs)]
+
+
+def test_the_page_served_from_memory_runs_in_a_browser(server, model, tmp_path):
+    """Chromium opens http://127.0.0.1:PORT/ and its greedy text is generate's."""
+    pytest.importorskip("selenium")
+    from common import CHROMIUM, start_browser
+    from test_web import generated
+
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium")
+
+    class Served:  # what test_web.generated opens: here the server's page, not a file
+        def as_uri(self):
+            return f"http://127.0.0.1:{server.port}/"
+
+    driver = start_browser(tmp_path / "profile", console_log=True)
+    try:
+        text = generated(driver, Served(), prime="the ", temperature=0, length=200)
+    finally:
+        driver.quit()
+    assert text == model.generate("the ", length=200, temperature=0)
