@@ -6,7 +6,9 @@ Starts `python -m charrnn.serve` on a free loopback port and talks to it with re
 characters per second (all clients' characters over the round's wall time) and every client's
 time to first character (from sending the request to reading the first text event). The
 in-process rates are bench/sampling.py's, measured in the same run: generate() with one stream
-and with --num-samples 32. Then the same again beside one busy process (`while True: pass`).
+and with --num-samples 32 (and 8, for the 8 clients). Then all of it again beside one busy process
+(`while True: pass`). The 32 clients share one prime, as a chat bot's or a name generator's do
+(the server makes its forward pass once); a last round gives each its own.
 
 The fuzz run sends malformed JSON, wrong types, huge values, truncated bodies and streams left
 mid-way, then checks that seeded requests still get exactly what charrnn.load(...).generate(...)
@@ -33,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sampling import one_step_checkpoint, speeds
+from sampling import charrnn_chars_per_sec, one_step_checkpoint, speeds
 
 import charrnn
 
@@ -110,6 +112,7 @@ def measure(port: int, model, length: int, repeats: int) -> dict:
     load_round(port, 4, 50, seed=0)  # warm up: the worker thread's first torch call sets up its threads
     inproc = speeds(model.net, model.vocab, 20_000, 32, repeats)
     row["inprocess_1"], row["inprocess_32"] = inproc["single_stream_chars_per_sec"], inproc["batch32_chars_per_sec"]
+    row["inprocess_8"] = max(charrnn_chars_per_sec(model.net, model.vocab, 10_000, 8) for _ in range(repeats))
     for clients in (*CLIENTS, "32d"):
         rates, firsts = [], []
         for r in range(repeats):
@@ -155,7 +158,8 @@ def fuzz(port: int, model, count: int, seed: int = 0) -> dict:
             status = raw_request(port, post_bytes(body))
             sent["malformed"] += 1
         elif kind == 1:
-            body = {str(rng.choice(fields)): values[int(rng.integers(len(values)))] for _ in range(int(rng.integers(1, 4)))}
+            body = {str(rng.choice(fields)): values[int(rng.integers(len(values)))]
+                    for _ in range(int(rng.integers(1, 4)))}
             status = raw_request(port, post_bytes(json.dumps(body, allow_nan=True).encode()))
             sent["wrong types and huge values"] += 1
         elif kind == 2:
@@ -188,12 +192,13 @@ def post_json(port: int, body: dict) -> dict:
 
 # ---------------------------------------------------------------------------- report
 def table(rows: dict[str, dict]) -> str:
-    lines = ["| machine | clients | server chars/s | in-process chars/s | ratio | first char median | p99 |",
+    lines = ["| load | clients | server chars/s | in-process chars/s | ratio | first char median | p99 |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for label, r in rows.items():
         for clients in (*CLIENTS, "32d"):
-            base = r["inprocess_1"] if clients == 1 else r["inprocess_32"]
-            basis = "one stream" if clients == 1 else "32 streams"
+            streams = 32 if clients == "32d" else clients
+            base = r[f"inprocess_{streams}"]
+            basis = "one stream" if streams == 1 else f"{streams} streams"
             shown = "32, each its own prime" if clients == "32d" else clients
             lines.append(f"| {label} | {shown} | {r[f'server_{clients}']:,.0f} | {base:,.0f} ({basis}) | "
                          f"{r[f'server_{clients}'] / base:.0%} | {r[f'ttfc_median_ms_{clients}']:.0f} ms | "
@@ -214,13 +219,14 @@ def main() -> None:
         model = charrnn.load(path)
         c = model.net.config
         print(f"model {c.model} {c.num_layers}x{c.rnn_size}, torch {torch.__version__}, numpy {np.__version__}, "
-              f"{os.cpu_count()} cores, {args.length} characters a client, best/median of {args.repeats}")
+              f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), {args.length} characters "
+              f"a client, median of {args.repeats} rounds (in-process: best of {args.repeats})")
         proc, port = start_server(model.path, *(["--exact"] if args.exact else []), "--max-concurrent", "64")
         try:
-            rows = {"quiet": measure(port, model, args.length, args.repeats)}
+            rows = {"as found": measure(port, model, args.length, args.repeats)}
             busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
             try:
-                rows["beside a busy process"] = measure(port, model, args.length, args.repeats)
+                rows["plus a busy process"] = measure(port, model, args.length, args.repeats)
             finally:
                 busy.kill()
             fuzzed = fuzz(port, model, args.fuzz)
