@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from threadpoolctl import threadpool_limits
 from charrnn.config import SampleConfig
 from charrnn.model import NumpyStep, NumpyState, state_to_list
 from charrnn.sample import draw, seen_prime, start_indices
+
+if TYPE_CHECKING:
+    from charrnn.api import Model
 
 EVENT_INTERVAL = 0.02   # seconds between a stream's events after the first, which goes at once
 PRIMES_KEPT = 256        # prime forward passes kept: many clients start from the same prime,
@@ -118,7 +122,7 @@ class Lane:
         """Move the stream on by the characters drawn last, then draw each job's next ones."""
         logits = self.stream(self.drawn)
         for job, rows in zip(self.jobs, self.slices):
-            if not (job.finished or job.cancelled):  # a leaving job's rows move on, unseen, until the rebuild
+            if not (job.finished or job.cancelled):  # a leaving job's rows move on, unseen, till the rebuild
                 self.drawn[rows] = job.next(logits[rows])
 
     def remaining(self) -> list[Member]:
@@ -131,14 +135,14 @@ class Lane:
 class Batcher:
     """Steps every submitted Job in one worker thread until it is finished or cancelled."""
 
-    def __init__(self, model, exact: bool = False):
+    def __init__(self, model: Model, exact: bool = False):
         self.net, self.vocab, self.exact = model.net, model.vocab, exact
         self.step = NumpyStep(model.net)
         self.incoming: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.lanes: list[Lane] = []
         self.thread = threading.Thread(target=self._run, name="charrnn-batcher", daemon=True)
         self.error: str | None = None
-        self.primed: OrderedDict[tuple, tuple] = OrderedDict()  # (indices, rows) -> (logits, state), newest last
+        self.primed: OrderedDict[tuple, tuple] = OrderedDict()  # (prime, skip, rows) -> (logits, state)
 
     def start(self) -> None:
         self.thread.start()

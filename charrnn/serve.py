@@ -25,11 +25,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from charrnn import flags
 from charrnn.config import POSITIVE_INT, Range, SampleConfig
 from charrnn.errors import CharRNNError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from charrnn.api import Model
 
 PORT = Range(0, 65535, words="a port from 0 to 65535 (0: any free one)")
 SHUTDOWN_S = 3  # on SIGINT/SIGTERM, streams in flight get this long to finish before they are ended
@@ -164,7 +170,7 @@ def plain(value: Any) -> Any:
 class Server:
     """The loaded model, its batcher and the page, behind the endpoints."""
 
-    def __init__(self, model, limits: Limits, exact: bool = False):
+    def __init__(self, model: Model, limits: Limits, exact: bool = False):
         from charrnn.batcher import Batcher
 
         self.model, self.limits = model, limits
@@ -185,7 +191,7 @@ class Server:
                   Route("/{name:str}", self.web, methods=["GET"])]
         return Guard(Starlette(routes=routes, exception_handlers={BadRequest: refuse}), token, self)
 
-    async def read_json(self, request, table: dict[str, Field]) -> dict[str, Any]:
+    async def read_json(self, request: Request, table: dict[str, Field]) -> dict[str, Any]:
         """The body as checked fields: 413 past --max-body, 400 for anything that is not JSON."""
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.limits.max_body:
@@ -201,7 +207,7 @@ class Server:
             raise BadRequest(f"the body is not JSON: {str(e).splitlines()[0][:80]}") from None
         return read_fields(parsed, table)
 
-    async def generate(self, request):
+    async def generate(self, request: Request) -> Response:
         from starlette.responses import JSONResponse, StreamingResponse
 
         from charrnn.batcher import Job
@@ -255,7 +261,7 @@ class Server:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def score(self, request):
+    async def score(self, request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import JSONResponse
 
@@ -269,18 +275,18 @@ class Server:
         request.state.chars = score.chars
         return JSONResponse({"nats": score.nats, "bits": score.bits, "chars": score.chars})
 
-    async def info(self, request):
+    async def info(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
         return JSONResponse(plain({**self.model.info, "summary": self.model.describe()}))
 
-    async def health(self, request):
+    async def health(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
 
         error = self.batcher.error or (None if self.batcher.thread.is_alive() else "the sampler is not running")
         return JSONResponse({"ok": not error, "error": error}, status_code=503 if error else 200)
 
-    async def web(self, request):
+    async def web(self, request: Request) -> Response:
         """The --export-web page, exported once on first use and kept in memory."""
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import Response
@@ -298,7 +304,7 @@ class Server:
             return {name: (Path(folder) / name).read_bytes() for name in WEB_TYPES}
 
 
-async def refuse(request, error: BadRequest):
+async def refuse(request: Request, error: BadRequest) -> Response:
     """A refused request's answer: {"error": one line, "field": the field at fault or null}."""
     from starlette.responses import JSONResponse
 
