@@ -7,7 +7,7 @@ import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from charrnn import flags
+from charrnn import flags, serve
 from charrnn.config import DEVICES, NOVEL_DRAWS, POSITIVE_INT, THREADS, SampleConfig
 from charrnn.errors import CharRNNError
 
@@ -20,8 +20,11 @@ NOT_WITH = {
     "export_web": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples",
                    "output", "interactive", "skip_unknown", "label", "novel"},
     "interactive": {"num_samples", "output", "novel"},
+    "serve": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples", "output",
+              "skip_unknown", "info", "score", "interactive", "export_web", "device", "threads", "label", "novel"},
 }
-NEEDS = {"format": "output", "encoding": "score", "export_dtype": "export_web"}
+NEEDS = {"format": "output", "encoding": "score", "export_dtype": "export_web",
+         **{name: "serve" for name in serve.SERVER_FLAGS}}
 
 
 def build_parser() -> flags.Parser:
@@ -57,6 +60,10 @@ def build_parser() -> flags.Parser:
                    "browser (DIR/index.html, works offline from disk) and exit")
     g.add_argument("--export-dtype", choices=["float32", "float16"], help="weights of the web page: "
                    "float32 (default) or float16, half the size")
+    g = p.add_argument_group("serve over HTTP (as charrnn-serve; needs pip install -e \".[serve]\")")
+    g.add_argument("--serve", action="store_true", default=None, help="answer HTTP requests with the model "
+                   "until Ctrl-C: see the README's Serve section")
+    serve.add_flags(g)
     g = p.add_argument_group("where")
     g.add_argument("--device", choices=DEVICES, help="where to run (default cpu: fastest for one "
                    "character at a time)")
@@ -78,6 +85,8 @@ def main() -> int:
                                f"add --{needed.replace('_', '-')} or drop it")
     sample = SampleConfig(**{k: args[k] for k in ("length", "temperature", "top_k", "top_p", "stop", "seed")
                              if k in args})  # checked before torch is imported
+    if "serve" in args:
+        return serve.serve(args.get("checkpoint"), {k: v for k, v in args.items() if k in serve.SERVER_FLAGS})
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop output at once, like Ctrl-C
     import charrnn
     from charrnn.device import set_threads

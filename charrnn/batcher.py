@@ -1,0 +1,240 @@
+"""Continuous batching for the server: every request in flight moves on one character per step.
+
+One worker thread owns the numpy streams. A request joins at the next character and leaves when
+it is done; between steps the thread takes in new requests and drops finished ones.
+
+    step t:    A A A A B B C        rows of one NumpyStep stream (A asked for 4 samples)
+    step t+1:  A A A A C D          B finished, D joined: the stream is rebuilt from its state
+
+How a seed stays exact. `charrnn.load(p).generate(prime, seed=s)` primes with the torch forward,
+then draws each character with `sample.draw` from its own `np.random.default_rng(s)` on the logits
+of a stream of its own rows. Here each request keeps its own Generator and draws on its own rows
+only, with the same calls, so it consumes the same random numbers whatever runs beside it; its
+prime is the same torch forward, alone. What can differ is the logits: BLAS rounds a 32-row
+product differently in the last bits from a 1-row one, and NumpyStep uses another (equal in
+exact arithmetic) LSTM formula from 4 rows up. A draw can change only where two characters'
+scores lie within that rounding of each other (bench/RESULTS.md counts how often that was seen).
+`exact=True` removes even that: each request gets a stream of its own rows, so every operation is
+the one `generate` makes, bit for bit, at about one stream's speed in total.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from charrnn.config import SampleConfig
+from charrnn.model import NumpyStep, NumpyState, state_to_list
+from charrnn.sample import draw, seen_prime, start_indices
+
+if TYPE_CHECKING:
+    from charrnn.api import Model
+
+EVENT_INTERVAL = 0.02   # seconds between a stream's events after the first, which goes at once
+PRIMES_KEPT = 256        # prime forward passes kept: many clients start from the same prime,
+PRIME_KEPT_CHARS = 1000  # and one no longer than this takes little memory
+
+
+class Job:
+    """One request's samples: how to draw them, what was drawn, and where the news goes.
+
+    `emit(new, final)` is called from the worker thread with each sample's characters since the
+    last call; `final` is True once, at the end. `cancelled` is set when the client leaves.
+    """
+
+    def __init__(self, config: SampleConfig, prime: str, num_samples: int,
+                 emit: Callable[[list[str], bool], None], stream: bool = False, skip_unknown: bool = False):
+        self.config, self.prime, self.num_samples = config, prime, num_samples
+        self.emit, self.stream, self.skip_unknown = emit, stream, skip_unknown
+        self.generator = np.random.default_rng(config.seed)
+        self.texts: list[list[str]] = [[] for _ in range(num_samples)]
+        self.done = [False] * num_samples
+        self.chars: list[str] = []  # the vocabulary, set by begin
+        self.tails = [""] * num_samples
+        self.steps, self.sent, self.sent_at, self.cancelled, self.finished = 0, 0, 0.0, False, False
+        self.error: str | None = None  # why the sampler could not finish this job
+
+    def begin(self, chars: list[str], shown_prime: str) -> None:
+        """Set the vocabulary, and where a stop string may begin: in the prime, as the model reads it."""
+        self.chars, stop = chars, self.config.stop or ""
+        self.tails = [shown_prime[-(len(stop) - 1):] if len(stop) > 1 else ""] * self.num_samples
+
+    def next(self, logits: np.ndarray) -> np.ndarray:
+        """Draw the next character of each sample from logits (rows, V); returns their indices."""
+        drawn = draw(logits, self.config, self.generator)
+        self.take([self.chars[c] for c in drawn.tolist()])
+        return drawn
+
+    def take(self, chars: list[str]) -> None:
+        """Record one step's characters. The one place that decides a sample is finished."""
+        stop = self.config.stop
+        for i, char in enumerate(chars):
+            if self.done[i]:
+                continue
+            self.texts[i].append(char)
+            if stop:  # the last len(stop) characters, prime included
+                self.tails[i] = (self.tails[i] + char)[-len(stop):]
+                self.done[i] = self.tails[i] == stop
+        self.steps += 1
+        self.finished = self.steps >= self.config.length or (stop is not None and all(self.done))
+        now = time.perf_counter() if self.stream else 0.0
+        if self.finished or (self.stream and (self.sent == 0 or now - self.sent_at >= EVENT_INTERVAL)):
+            self.emit(["".join(t[self.sent:]) for t in self.texts], self.finished)
+            self.sent, self.sent_at = self.steps, now
+
+    def fail(self, error: str) -> None:
+        self.error, self.finished = error, True
+        self.emit([""] * self.num_samples, True)
+
+    @property
+    def active(self) -> bool:
+        return not (self.finished or self.cancelled)
+
+
+@dataclass
+class Member:
+    """A job in a lane: its state, each (L, rows, H), and the characters drawn last, not yet read."""
+    job: Job
+    state: NumpyState
+    drawn: np.ndarray
+
+
+class Lane:
+    """Jobs sharing one NumpyStep stream, their rows one after another."""
+
+    def __init__(self, step: NumpyStep, members: list[Member]):
+        self.members, self.jobs = members, [m.job for m in members]
+        self.stream = step.stream(tuple(np.concatenate(part, axis=1) for part in zip(*(m.state for m in members))))
+        self.drawn = np.concatenate([m.drawn for m in members])  # (rows,)
+        bounds = np.cumsum([0] + [m.job.num_samples for m in members]).tolist()
+        self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        self.rows = bounds[-1]
+
+    def advance(self) -> None:
+        """Move the stream on by the characters drawn last, then draw each job's next ones."""
+        logits = self.stream(self.drawn)
+        for job, rows in zip(self.jobs, self.slices):
+            if not (job.finished or job.cancelled):  # a leaving job's rows move on, unseen, till the rebuild
+                self.drawn[rows] = job.next(logits[rows])
+
+    def remaining(self) -> list[Member]:
+        """The jobs still running, each with its state and last characters (copies)."""
+        state = self.stream.state()
+        return [Member(m.job, tuple(s[:, rows] for s in state), self.drawn[rows].copy())
+                for m, rows in zip(self.members, self.slices) if m.job.active]
+
+
+class Batcher:
+    """Steps every submitted Job in one worker thread until it is finished or cancelled."""
+
+    def __init__(self, model: Model, exact: bool = False):
+        self.net, self.vocab, self.exact = model.net, model.vocab, exact
+        self.step = NumpyStep(model.net)
+        self.incoming: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self.lanes: list[Lane] = []
+        self.thread = threading.Thread(target=self._run, name="charrnn-batcher", daemon=True)
+        self.error: str | None = None
+        self.primed: OrderedDict[tuple, tuple] = OrderedDict()  # (prime, skip, rows) -> (logits, state)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        if self.error:
+            job.fail(self.error)
+        else:
+            self.incoming.put(job)
+
+    def stop(self) -> None:
+        """End the worker after its current step; jobs still running hear no more."""
+        self.incoming.put(None)
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # noqa: BLE001  every request in flight hears why, none waits forever
+            self.error = f"the sampler failed: {type(e).__name__}: {e}"
+            for job in [m.job for lane in self.lanes for m in lane.members] + self._drain():
+                job.fail(self.error)
+            raise
+
+    def _drain(self) -> list[Job]:
+        """The jobs submitted but not yet taken in."""
+        jobs = []
+        while not self.incoming.empty():
+            jobs.append(self.incoming.get())
+        return [job for job in jobs if job is not None]
+
+    def _loop(self) -> None:
+        # One BLAS thread: the event loop in this process needs the other core to send the text
+        # (beside 32 streaming clients, two threads made 10-20% fewer characters: bench/RESULTS.md).
+        with threadpool_limits(limits=1, user_api="blas"):
+            while self._admit(block=not self.lanes):
+                for lane in self.lanes:
+                    lane.advance()
+                self.lanes = self._leave()
+
+    def _admit(self, block: bool) -> bool:
+        """Take in the jobs submitted since the last step (waiting for one when idle); False: stop."""
+        joining = []
+        while (block and not joining) or not self.incoming.empty():  # one reader: get() will not wait
+            job = self.incoming.get()
+            if job is None:
+                return False
+            if job.cancelled:
+                continue
+            try:
+                joining.append(self._prime(job))
+            except Exception as e:  # noqa: BLE001  one request's failure (memory, say) is its own
+                job.fail(f"the prime failed: {type(e).__name__}: {e}")
+        joining = [m for m in joining if m.job.active]
+        if joining and self.exact:
+            self.lanes += [Lane(self.step, [m]) for m in joining]
+        elif joining:
+            staying = self.lanes[0].remaining() if self.lanes else []
+            self.lanes = [Lane(self.step, staying + joining)]
+        return True
+
+    def _prime(self, job: Job) -> Member:
+        """The job after its prime (the torch forward, alone, as sample_steps makes it) and its
+        first characters, drawn and sent at once rather than after the other joiners' primes."""
+        job.begin(self.vocab.chars, seen_prime(self.vocab, job.prime, job.skip_unknown))
+        logits, state = self._forward(job)
+        return Member(job, state, job.next(logits))
+
+    def _forward(self, job: Job) -> tuple[np.ndarray, NumpyState]:
+        """The last logits (rows, V) and state of the prime's forward pass. The same prime and rows
+        give the same bits every time, so a kept result is exact; it is never written to."""
+        key = (job.prime, job.skip_unknown, job.num_samples)
+        if key in self.primed:
+            self.primed.move_to_end(key)
+            return self.primed[key]
+        idx = torch.tensor(start_indices(self.vocab, job.prime, job.skip_unknown))
+        self.net.eval()
+        with torch.no_grad():
+            log_probs, state = self.net(idx.expand(job.num_samples, -1))
+        primed = (log_probs[:, -1].cpu().numpy(), tuple(s.float().numpy() for s in state_to_list(state)))
+        if len(job.prime) <= PRIME_KEPT_CHARS:
+            self.primed[key] = primed
+            if len(self.primed) > PRIMES_KEPT:
+                self.primed.popitem(last=False)
+        return primed
+
+    def _leave(self) -> list[Lane]:
+        """Drop finished and cancelled jobs; rebuild a lane only when its set of jobs changed."""
+        kept = []
+        for lane in self.lanes:
+            if all(m.job.active for m in lane.members):
+                kept.append(lane)
+            elif staying := lane.remaining():
+                kept.append(Lane(self.step, staying))
+        return kept
