@@ -33,7 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from charrnn.config import SampleConfig
 from charrnn.model import NumpyStep, NumpyState, state_to_list
-from charrnn.sample import draw, seen_prime, start_indices
+from charrnn.sample import END, draw, seen_prime, start_indices
 
 if TYPE_CHECKING:
     from charrnn.api import Model
@@ -51,10 +51,14 @@ class Job:
     """
 
     def __init__(self, config: SampleConfig, prime: str, num_samples: int,
-                 emit: Callable[[list[str], bool], None], stream: bool = False, skip_unknown: bool = False):
+                 emit: Callable[[list[str], bool], None], stream: bool = False, skip_unknown: bool = False,
+                 label: int | None = None, num_labels: int = 0):
         self.config, self.prime, self.num_samples = config, prime, num_samples
         self.emit, self.stream, self.skip_unknown = emit, stream, skip_unknown
         self.generator = np.random.default_rng(config.seed)
+        # a model with labels: each sample's, or a random one each, drawn first as generate_items draws them
+        self.labels = (None if not num_labels else np.full(num_samples, label) if label is not None
+                       else self.generator.integers(num_labels, size=num_samples))
         self.texts: list[list[str]] = [[] for _ in range(num_samples)]
         self.done = [False] * num_samples
         self.chars: list[str] = []  # the vocabulary, set by begin
@@ -74,17 +78,21 @@ class Job:
         return drawn
 
     def take(self, chars: list[str]) -> None:
-        """Record one step's characters. The one place that decides a sample is finished."""
+        """Record one step's characters. The one place that decides a sample is finished: by its
+        stop string, or at the end of an item."""
         stop = self.config.stop
         for i, char in enumerate(chars):
             if self.done[i]:
+                continue
+            if char == END:
+                self.done[i] = True
                 continue
             self.texts[i].append(char)
             if stop:  # the last len(stop) characters, prime included
                 self.tails[i] = (self.tails[i] + char)[-len(stop):]
                 self.done[i] = self.tails[i] == stop
         self.steps += 1
-        self.finished = self.steps >= self.config.length or (stop is not None and all(self.done))
+        self.finished = self.steps >= self.config.length or all(self.done)
         now = time.perf_counter() if self.stream else 0.0
         if self.finished or (self.stream and (self.sent == 0 or now - self.sent_at >= EVENT_INTERVAL)):
             self.emit(["".join(t[self.sent:]) for t in self.texts], self.finished)
@@ -112,7 +120,9 @@ class Lane:
 
     def __init__(self, step: NumpyStep, members: list[Member]):
         self.members, self.jobs = members, [m.job for m in members]
-        self.stream = step.stream(tuple(np.concatenate(part, axis=1) for part in zip(*(m.state for m in members))))
+        labels = None if members[0].job.labels is None else np.concatenate([m.job.labels for m in members])
+        self.stream = step.stream(tuple(np.concatenate(part, axis=1) for part in zip(*(m.state for m in members))),
+                                  labels)
         self.drawn = np.concatenate([m.drawn for m in members])  # (rows,)
         bounds = np.cumsum([0] + [m.job.num_samples for m in members]).tolist()
         self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
@@ -207,21 +217,22 @@ class Batcher:
     def _prime(self, job: Job) -> Member:
         """The job after its prime (the torch forward, alone, as sample_steps makes it) and its
         first characters, drawn and sent at once rather than after the other joiners' primes."""
-        job.begin(self.vocab.chars, seen_prime(self.vocab, job.prime, job.skip_unknown))
+        job.begin(self.vocab.chars + [END] * self.vocab.items, seen_prime(self.vocab, job.prime, job.skip_unknown))
         logits, state = self._forward(job)
         return Member(job, state, job.next(logits))
 
     def _forward(self, job: Job) -> tuple[np.ndarray, NumpyState]:
         """The last logits (rows, V) and state of the prime's forward pass. The same prime and rows
         give the same bits every time, so a kept result is exact; it is never written to."""
-        key = (job.prime, job.skip_unknown, job.num_samples)
+        key = (job.prime, job.skip_unknown, job.num_samples, None if job.labels is None else tuple(job.labels))
         if key in self.primed:
             self.primed.move_to_end(key)
             return self.primed[key]
         idx = torch.tensor(start_indices(self.vocab, job.prime, job.skip_unknown))
         self.net.eval()
         with torch.no_grad():
-            log_probs, state = self.net(idx.expand(job.num_samples, -1))
+            labels = None if job.labels is None else torch.from_numpy(job.labels)
+            log_probs, state = self.net(idx.expand(job.num_samples, -1), None, labels)
         primed = (log_probs[:, -1].cpu().numpy(), tuple(s.float().numpy() for s in state_to_list(state)))
         if len(job.prime) <= PRIME_KEPT_CHARS:
             self.primed[key] = primed

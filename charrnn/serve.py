@@ -92,11 +92,11 @@ class Field:
 NUMBER, INTEGER = Field((int, float), "a number"), Field((int,), "an integer")
 TEXT, SWITCH = Field((str,), "a string"), Field((bool,), "true or false")
 # Each endpoint's fields, named as the flags are. Those that are SampleConfig's go to it and get
-# its checks. A model with labels would add `label` and `novel` here as two more rows.
+# its checks; `label` and `novel` are for a model of items.
 GENERATE_FIELDS = {"prime": TEXT, "length": INTEGER, "temperature": NUMBER, "top_k": INTEGER, "top_p": NUMBER,
                    "stop": TEXT, "seed": INTEGER, "num_samples": Field((int,), "an integer", POSITIVE_INT),
-                   "skip_unknown": SWITCH, "stream": SWITCH}
-SCORE_FIELDS = {"text": TEXT, "skip_unknown": SWITCH}
+                   "skip_unknown": SWITCH, "stream": SWITCH, "label": TEXT, "novel": SWITCH}
+SCORE_FIELDS = {"text": TEXT, "skip_unknown": SWITCH, "label": TEXT}
 SAMPLE_OPTIONS = {f.name for f in fields(SampleConfig)}
 
 
@@ -219,17 +219,27 @@ class Server:
             shown = self.model.seen_prime(prime, skip)
         except CharRNNError as e:
             raise as_field_error(e, "prime") from None
-        settings = {"prime": shown, **asdict(config), "num_samples": n}
+        label = self.label(given)
+        settings = {"prime": shown, **asdict(config), "num_samples": n, "label": given.get("label"),
+                    "novel": given.get("novel", False)}
+        if given.get("novel"):
+            return await self.novel(request, config, prime, n, settings, skip)
         loop, news, start = asyncio.get_running_loop(), asyncio.Queue(), time.perf_counter()
         job = Job(config, prime, n, lambda new, final: loop.call_soon_threadsafe(news.put_nowait, (new, final)),
-                  stream=given.get("stream", False), skip_unknown=skip)
+                  stream=given.get("stream", False), skip_unknown=skip, label=label,
+                  num_labels=len(self.model.labels))
 
         def totals() -> dict:
             texts = [shown + "".join(t) for t in job.texts]
             chars = sum(map(len, job.texts))
             request.state.chars = chars
-            return {"texts": texts, "text": texts[0], "settings": settings, "chars": chars,
-                    "ms": round((time.perf_counter() - start) * 1000, 1)}
+            answer = {"texts": texts, "text": texts[0], "settings": settings, "chars": chars,
+                      "ms": round((time.perf_counter() - start) * 1000, 1)}
+            if self.model.vocab.items:  # whole: ended before the length cap, as generate.py says
+                answer["whole"] = [len(t) < config.length for t in job.texts]
+            if job.labels is not None:
+                answer["labels"] = [self.model.labels[i] for i in job.labels]
+            return answer
 
         if not job.stream:
             self.batcher.submit(job)
@@ -261,6 +271,35 @@ class Server:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    def label(self, given: dict) -> int | None:
+        """The index of the label asked for; `label` and `novel` need a model of items."""
+        for name in ("label", "novel"):
+            if given.get(name) and not self.model.vocab.items:
+                raise BadRequest(f"{name} needs a model trained on a list (train.py --items); this one was "
+                                 "trained on running text", name)
+        if given.get("novel") and given.get("stream"):
+            raise BadRequest("novel cannot stream: an item is known to be new only once it is whole; drop "
+                             "stream", "stream")
+        try:
+            return self.model.label_index(given.get("label"))
+        except CharRNNError as e:
+            raise as_field_error(e, "label") from None
+
+    async def novel(self, request: Request, config: SampleConfig, prime: str, n: int, settings: dict,
+                    skip: bool) -> Response:
+        """New items only: drawn apart from the batch, in rounds until there are `n` (generate_items)."""
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        start = time.perf_counter()
+        draw = await run_in_threadpool(self.model.draw_items, config, prime, n, settings["label"], True, skip)
+        request.state.chars = sum(map(len, draw.texts))
+        return JSONResponse({"texts": draw.texts, "text": (draw.texts or [""])[0], "whole": draw.whole,
+                             "labels": [None if i is None else self.model.labels[i] for i in draw.labels],
+                             "settings": settings, "chars": request.state.chars, "draws": draw.draws,
+                             "copies": draw.copies, "repeats": draw.repeats, "shortfall": draw.shortfall(n),
+                             "ms": round((time.perf_counter() - start) * 1000, 1)})
+
     async def score(self, request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
         from starlette.responses import JSONResponse
@@ -268,12 +307,17 @@ class Server:
         given = await self.read_json(request, SCORE_FIELDS)
         if "text" not in given:
             raise BadRequest("text is missing: the text to score", "text")
+        self.label(given)
         try:
-            score = await run_in_threadpool(self.model.score, given["text"], given.get("skip_unknown", False))
+            score = await run_in_threadpool(self.model.score, given["text"], given.get("skip_unknown", False),
+                                            given.get("label"))
         except CharRNNError as e:
-            raise as_field_error(e, "text") from None
+            raise as_field_error(e, "label" if "label" in str(e) else "text") from None
         request.state.chars = score.chars
-        return JSONResponse({"nats": score.nats, "bits": score.bits, "chars": score.chars})
+        answer = {"nats": score.nats, "bits": score.bits, "chars": score.chars}
+        if score.items:
+            answer.update(items=score.items, nats_per_item=score.nats_per_item)
+        return JSONResponse(answer)
 
     async def info(self, request: Request) -> Response:
         from starlette.responses import JSONResponse

@@ -334,3 +334,65 @@ def test_the_page_served_from_memory_runs_in_a_browser(server, model, tmp_path):
     finally:
         driver.quit()
     assert text == model.generate("the ", length=200, temperature=0)
+
+
+# -- a model of items and labels ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def names_server(tmp_path_factory):
+    """A server of a small LSTM trained on three labelled lists of made-up surnames, and the model."""
+    from charrnn.config import TrainConfig
+    from charrnn.launch import train
+    from conftest import names_folder
+
+    root = tmp_path_factory.mktemp("names-serve")
+    config = TrainConfig.from_options(corpus=str(names_folder(root)), items=True, labels="files", rnn_size=48,
+                                      num_layers=1, embedding_size=16, batch_size=16, seq_length=16,
+                                      learning_rate=1e-2, warmup_steps=0, max_steps=150, threads=1, sample_length=0,
+                                      checkpoint_dir=str(root / "run"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CHARRNN_CACHE_DIR", str(root / "cache"))
+        mp.setattr("charrnn.trainer.plot_metrics", lambda *args: None)
+        train(config)
+    s = Server(root / "run", "--max-batch", "8")
+    yield s, charrnn.load(root / "run")
+    s.proc.kill()
+    s.proc.wait()
+
+
+ITEM_CASES = [dict(num_samples=n, seed=seed, label=label, prime=prime, length=30)
+              for n, seed, label, prime in [(5, 1, "Russian", ""), (3, 2, None, "Ko"), (1, 3, "German", "B"),
+                                            (8, 4, None, ""), (2, 5, "Italian", "E"), (4, 6, "German", "")]]
+
+
+def test_items_and_labels_over_http_are_what_generate_gives(names_server):
+    server, model = names_server
+
+    def ask(case):
+        status, answer = server.post("/v1/generate", {k: v for k, v in case.items() if v is not None})
+        assert status == 200, answer
+        return answer
+
+    with ThreadPoolExecutor(len(ITEM_CASES)) as pool:  # at once: the items share the batch
+        answers = list(pool.map(ask, ITEM_CASES))
+    for case, answer in zip(ITEM_CASES, answers):
+        draw = model.draw_items(charrnn.api.SampleConfig(length=30, seed=case["seed"]), case["prime"],
+                                case["num_samples"], case["label"])
+        assert answer["texts"] == draw.texts and answer["whole"] == draw.whole
+        assert answer["labels"] == [model.labels[i] for i in draw.labels]
+        assert all("\n" not in t and t.startswith(case["prime"]) for t in answer["texts"])
+
+
+def test_new_items_only_and_bad_labels_over_http(names_server, server):
+    names, model = names_server
+    status, answer = names.post("/v1/generate", {"num_samples": 6, "novel": True, "label": "Russian", "seed": 7})
+    assert status == 200 and len(answer["texts"]) == 6 and answer["shortfall"] is None
+    assert answer["texts"] == model.generate(num_samples=6, novel=True, label="Russian", seed=7, length=500)
+    for body, field, words in [({"label": "Klingon"}, "label", "this model knows German, Italian, Russian"),
+                               ({"novel": True, "stream": True}, "stream", "novel cannot stream")]:
+        status, answer = names.post("/v1/generate", body)
+        assert status == 400 and answer["field"] == field and words in answer["error"]
+    status, answer = server.post("/v1/generate", {"label": "x"})  # a model of running text
+    assert status == 400 and answer["field"] == "label" and "trained on running text" in answer["error"]
+    status, answer = names.post("/v1/score", {"text": "Ivanov\nKovamir\n", "label": "Russian"})
+    assert status == 200 and answer["items"] == 2 and answer["nats_per_item"] > 0
