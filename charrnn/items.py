@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -59,7 +60,7 @@ def normalise(text: str) -> str:
 def fingerprints(texts: list[str]) -> np.ndarray:
     """Sorted distinct int64 fingerprints of the normalised texts: the first 8 bytes of their
     UTF-8 SHA-256, which the web page computes with its built-in crypto."""
-    digests = b"".join(hashlib.sha256(normalise(t).encode()).digest()[:8] for t in texts)
+    digests = b"".join(hashlib.sha256(normalise(t).encode("utf-8", "surrogatepass")).digest()[:8] for t in texts)
     return np.unique(np.frombuffer(digests, dtype=">i8").astype(np.int64))
 
 
@@ -134,7 +135,7 @@ def read_table(path: Path, encoding: str, with_labels: bool) -> ItemList:
     text = read_file(path, encoding)
     if path.suffix.lower() == ".jsonl":
         rows = []
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(text.split("\n"), 1):  # not splitlines: JSON strings may hold U+2028
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -144,7 +145,7 @@ def read_table(path: Path, encoding: str, with_labels: bool) -> ItemList:
                     raise CharRNNError(f"{path} line {number} is not a JSON object; give one object per line")
         columns = sorted({key for row in rows for key in row})
     else:
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         rows, columns = list(reader), reader.fieldnames or []
     for column in ("text", "label") if with_labels else ("text",):
         if column not in columns:

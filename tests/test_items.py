@@ -66,6 +66,9 @@ def test_a_folder_of_label_files_and_tables_give_labels(tmp_path):
     (tmp_path / "n.csv").write_text('text,label\nAnna,F\n"Bo, Jr",M\n', encoding="utf-8")
     (tmp_path / "n.tsv").write_text("label\ttext\nF\tAnna\nM\tBo, Jr\n", encoding="utf-8")
     (tmp_path / "n.jsonl").write_text('{"text": "Anna", "label": "F"}\n\n{"text": "Bo, Jr", "label": "M"}\n')
+    (tmp_path / "q.csv").write_text('text,label\n"Soup\nwater",A\n', encoding="utf-8")
+    (tmp_path / "q.jsonl").write_text('{"text": "a\u2028b", "label": "A"}\n', encoding="utf-8")
+    assert read(tmp_path / "q.csv").texts == ["Soup\nwater"] and read(tmp_path / "q.jsonl").texts == ["a\u2028b"]
     for name in ("n.csv", "n.tsv", "n.jsonl"):
         listed = read(tmp_path / name)
         assert (listed.texts, listed.labels) == (["Anna", "Bo, Jr"], ["F", "M"]), name
