@@ -187,6 +187,8 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
+        if not self.item_separator:
+            raise CharRNNError("--item-separator must not be empty; the default '\\n' makes each line an item")
         if self.val_frac + self.test_frac >= 1:
             raise CharRNNError(f"--val-frac {self.val_frac} and --test-frac {self.test_frac} must sum to "
                                "less than 1, so that some text is left to train on")

@@ -88,6 +88,11 @@ def test_bad_lists_are_one_line_errors(tmp_path, content, name, message):
         read(tmp_path / name)
 
 
+def test_an_empty_item_separator_is_refused():
+    with pytest.raises(CharRNNError, match="--item-separator must not be empty"):
+        TrainConfig(item_separator="")
+
+
 def test_labels_files_needs_a_folder_and_column_a_table(tmp_path):
     (tmp_path / "a.txt").write_text("Anna\n")
     with pytest.raises(CharRNNError, match="--labels files needs a folder"):
