@@ -19,6 +19,7 @@ the one `generate` makes, bit for bit, at about one stream's speed in total.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -32,13 +33,14 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from charrnn.config import SampleConfig
+from charrnn.device import ThreadGovernor
 from charrnn.model import NumpyStep, NumpyState, state_to_list
 from charrnn.sample import END, draw, seen_prime, start_indices
 
 if TYPE_CHECKING:
     from charrnn.api import Model
 
-EVENT_INTERVAL = 0.02   # seconds between a stream's events after the first, which goes at once
+EVENT_INTERVAL = 0.05   # seconds between a stream's events after the first, which goes at once
 PRIMES_KEPT = 256        # prime forward passes kept: many clients start from the same prime,
 PRIME_KEPT_CHARS = 1000  # and one no longer than this takes little memory
 
@@ -185,10 +187,21 @@ class Batcher:
         return [job for job in jobs if job is not None]
 
     def _loop(self) -> None:
-        # One BLAS thread: the event loop in this process needs the other core to send the text
-        # (beside 32 streaming clients, two threads made 10-20% fewer characters: bench/RESULTS.md).
-        with threadpool_limits(limits=1, user_api="blas"):
+        # BLAS threads: one for a few rows; for a batch, the cores other processes leave free, as
+        # sample_steps does. 32 clients on a quiet machine: 25,200 chars/s with two threads, 19,000
+        # with one; beside a busy process 8,700 with two, 21,900 with one (bench/RESULTS.md).
+        def blas_threads(n: int) -> None:
+            threadpool_limits(limits=n, user_api="blas")
+
+        governor, batch = ThreadGovernor(os.cpu_count() or 1, interval=0.5, apply=blas_threads), False
+        with threadpool_limits(limits=1, user_api="blas"):  # restores the process's own on the way out
             while self._admit(block=not self.lanes):
+                wide = sum(lane.rows for lane in self.lanes) >= NumpyStep.EXP_ROWS
+                if wide != batch:  # a few rows: one thread; a batch: the governor's last choice
+                    batch = wide
+                    blas_threads(governor.threads if wide else 1)
+                if wide:
+                    governor()
                 for lane in self.lanes:
                     lane.advance()
                 self.lanes = self._leave()
