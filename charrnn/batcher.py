@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from charrnn.api import Model
 
 EVENT_INTERVAL = 0.05   # seconds between a stream's events after the first, which goes at once
+NOISE_BLOCK = 64         # steps of Gumbel noise a one-sample job draws at a time
 PRIMES_KEPT = 256        # prime forward passes kept: many clients start from the same prime,
 PRIME_KEPT_CHARS = 1000  # and one no longer than this takes little memory
 
@@ -66,6 +67,7 @@ class Job:
         self.chars: list[str] = []  # the vocabulary, set by begin
         self.tails = [""] * num_samples
         self.steps, self.sent, self.sent_at, self.cancelled, self.finished = 0, 0, 0.0, False, False
+        self._noise, self._noise_at = np.zeros((0, 0)), 0
         self.error: str | None = None  # why the sampler could not finish this job
 
     def begin(self, chars: list[str], shown_prime: str) -> None:
@@ -73,9 +75,28 @@ class Job:
         self.chars, stop = chars, self.config.stop or ""
         self.tails = [shown_prime[-(len(stop) - 1):] if len(stop) > 1 else ""] * self.num_samples
 
+    @property
+    def gumbel(self) -> bool:
+        """Whether each draw is sample.draw's Gumbel-max over one row: one sample, a temperature,
+        no top-k or top-p. Such jobs draw their noise in blocks and are picked together (Lane)."""
+        c = self.config
+        return self.num_samples == 1 and c.temperature > 0 and c.top_k is None and c.top_p is None
+
+    def noise(self, vocab_size: int) -> np.ndarray:
+        """The next step's Gumbel noise (V,). Drawn NOISE_BLOCK steps at a time: numpy's Generator
+        gives a (K, V) block the same numbers, in the same order, as K draws of V."""
+        if self._noise_at == len(self._noise):
+            self._noise, self._noise_at = self.generator.gumbel(0.0, self.config.temperature,
+                                                                (NOISE_BLOCK, vocab_size)), 0
+        self._noise_at += 1
+        return self._noise[self._noise_at - 1]
+
     def next(self, logits: np.ndarray) -> np.ndarray:
         """Draw the next character of each sample from logits (rows, V); returns their indices."""
-        drawn = draw(logits, self.config, self.generator)
+        if self.gumbel:  # sample.draw's one-row case, from the noise blocks
+            drawn = (logits[0] + self.noise(logits.shape[1])).argmax(keepdims=True)
+        else:
+            drawn = draw(logits, self.config, self.generator)
         self.take([self.chars[c] for c in drawn.tolist()])
         return drawn
 
@@ -129,12 +150,24 @@ class Lane:
         bounds = np.cumsum([0] + [m.job.num_samples for m in members]).tolist()
         self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         self.rows = bounds[-1]
+        self.gumbel = [(job, rows.start) for job, rows in zip(self.jobs, self.slices) if job.gumbel]
+        self.others = [(job, rows) for job, rows in zip(self.jobs, self.slices) if not job.gumbel]
 
     def advance(self) -> None:
-        """Move the stream on by the characters drawn last, then draw each job's next ones."""
+        """Move the stream on by the characters drawn last, then draw each job's next ones: the
+        one-row Gumbel jobs' in one argmax, as each would alone (the same sums, row by row)."""
         logits = self.stream(self.drawn)
-        for job, rows in zip(self.jobs, self.slices):
-            if not (job.finished or job.cancelled):  # a leaving job's rows move on, unseen, till the rebuild
+        # a leaving job's rows move on, unseen, till the rebuild
+        picking = [(job, row) for job, row in self.gumbel if job.active]
+        if picking:
+            rows = [row for _, row in picking]
+            noise = np.stack([job.noise(logits.shape[1]) for job, _ in picking])
+            picks = (logits[rows] + noise).argmax(1)
+            self.drawn[rows] = picks
+            for (job, _), pick in zip(picking, picks.tolist()):
+                job.take([job.chars[pick]])
+        for job, rows in self.others:
+            if job.active:
                 self.drawn[rows] = job.next(logits[rows])
 
     def remaining(self) -> list[Member]:
