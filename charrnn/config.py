@@ -38,6 +38,8 @@ class Range:
     words: str = ""
 
     def __contains__(self, value: float) -> bool:
+        if isinstance(value, int) and abs(value) > 2**63:  # past any range here; isfinite cannot take it
+            return False
         return (math.isfinite(value) and value >= self.low and not (self.low_open and value == self.low)
                 and value <= self.high)
 

@@ -246,7 +246,7 @@ def test_every_config_field_has_a_flag_that_defaults_to_unset():
 
 
 BAD_VALUES = [(flag, value) for flag in ("--rnn-size", "--seq-length")
-              for value in ("0", "-1", "nan", "abc", "10000000000", "1.5")]
+              for value in ("0", "-1", "nan", "abc", "10000000000", "1.5", "9" * 400)]
 BAD_VALUES += [("--learning-rate", v) for v in ("0", "-1", "nan", "abc", "1e12", "inf")]
 BAD_VALUES += [("--time-budget", v) for v in ("0", "-1", "nan", "abc", "9" * 400, "100000h")]
 BAD_VALUES += [("--dropout", v) for v in ("-1", "nan", "abc", "1e9", "1", "inf")]  # 0 is a fine dropout
