@@ -156,6 +156,7 @@ def write_samples(model, sample: SampleConfig, args: dict) -> None:
 def write_items(model, sample: SampleConfig, args: dict) -> None:
     """Print --num-samples whole items, one per line (or write them to --output), and say on
     stderr which reached --length before their end and what --novel threw away."""
+    from charrnn import items
     from charrnn.files import write_text
 
     n, shown = args.get("num_samples", 1), model.seen_prime(args.get("prime", ""), bool(args.get("skip_unknown")))
@@ -163,7 +164,8 @@ def write_items(model, sample: SampleConfig, args: dict) -> None:
         sample = replace(sample, seed=_new_seed())
     draw = model.draw_items(sample, args.get("prime", ""), n, args.get("label"), bool(args.get("novel")),
                             bool(args.get("skip_unknown")))
-    separator = "\n" if model.list["separator"] == "\\n" else "\n\n"  # multi-line items: a blank line between
+    # one item a line; items that may hold line breaks (another separator): a blank line between
+    separator = "\n" if items.separator(model.list["separator"]) == "\n" else "\n\n"
     if args.get("format") == "jsonl":
         text = "".join(json.dumps({"item": i, "text": t, "label": None if label is None else model.labels[label],
                                    "whole": whole, **asdict(sample), "prime": shown, "novel": bool(args.get("novel")),
