@@ -180,13 +180,12 @@ class Model:
                    label: str | None = None) -> Score:
         """Loss of a text file, read in the training corpus's encoding unless `encoding` is given; for
         a model of items, a list as train.py reads one (a .csv or .jsonl may give each item's label)."""
-        encoding = encoding or self.info["encoding"]
+        encoding, path = encoding or self.info["encoding"], Path(path)
         if not self.vocab.items:
             return Score(*score_file(self.net, self.vocab, path, encoding, skip_unknown))
-        if not Path(path).is_file():
-            raise CharRNNError(f"--score file {path} {'is a directory' if Path(path).is_dir() else 'does not exist'}; "
+        if not path.is_file():
+            raise CharRNNError(f"--score file {path} {'is a directory' if path.is_dir() else 'does not exist'}; "
                                "give one list")
-        path = Path(path)
         listed = items.read(corpus.Source(path.stem, (path,), corpus.check_encoding(encoding)),
                             items.separator(self.list["separator"]),
                             "column" if items.is_table(str(path)) and self.labels else "none")
@@ -195,14 +194,13 @@ class Model:
     def score_items(self, texts: list[str], names: list[str] | None = None, label: str | None = None,
                     skip_unknown: bool = False) -> Score:
         """Loss of items, each read from a fresh state, with their label names (or all of `label`)."""
+        index = self.label_index(label)  # refuses one the model does not know, and any if it has none
         if self.labels and names is None:
-            if label is None:
+            if index is None:
                 raise CharRNNError("this model needs each item's label: give --label, or score a .csv, .tsv or "
                                    "a .jsonl with a label column")
             names = [label] * len(texts)
-        indices = None if not self.labels else [self.label_index(name) for name in names]
-        if not self.labels:
-            self.label_index(label)  # refuses a label
+        indices = [self.label_index(name) for name in names] if self.labels else None
         listed = items.encode(texts, self.vocab, indices, skip_unknown)
         nats, chars = score_items(self.net, listed)
         return Score(nats, chars, len(listed))
