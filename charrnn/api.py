@@ -205,7 +205,7 @@ class Model:
         nats, chars = score_items(self.net, listed)
         return Score(nats, chars, len(listed))
 
-    def export_web(self, out_dir: str | Path, dtype: str = "float32") -> Path:
+    def export_web(self, out_dir: str | Path, dtype: str = "float16") -> Path:
         """Write a self-contained web page that runs this model in the browser; returns its index.html."""
         from charrnn.web import export_web
 

@@ -1,17 +1,21 @@
 """Export a checkpoint as a static web page that runs the model in the browser, with no server.
 
-The folder holds index.html, app.js and style.css (copied from charrnn/web/) and model.js, which
-sets `window.CHARRNN_MODEL`. The model comes as a script because browsers refuse fetch() between
-file:// URLs, so a page opened straight from disk could not read a separate data file.
+The folder holds index.html, app.js, kernel.js (the WebAssembly step) and style.css (copied from
+charrnn/web/) and model.js, which sets `window.CHARRNN_MODEL`. The model comes as a script because
+browsers refuse fetch() between file:// URLs, so a page opened straight from disk could not read a
+separate data file.
 
-Weights in model.js: every tensor of the state dict, in order, as one little-endian float32 (or
-float16) array, byte-plane shuffled (all first bytes, then all second bytes, ...), compressed
+Weights in model.js: every tensor of the state dict, in order, as one little-endian array of the
+export's dtype, byte-plane shuffled (all first bytes, then all second bytes, ...), compressed
 with raw deflate and written as base85 text. Why: the sign-and-exponent bytes of weights repeat
 a lot while the mantissa bytes are noise; grouped, deflate shrinks the default 2x256 LSTM's
 3.5 MB of float32 to 2.8-3.0 MB (random or trained weights; unshuffled: 3.2 MB), and base85
-(5 characters per 4 bytes) makes that 3.5-3.7 MB of text, where base64 would make 3.8-4.0 MB:
-too close to the 4 MB the whole page may take. The browser inflates it with its built-in
-DecompressionStream("deflate-raw"); float16 halves all of it.
+(5 characters per 4 bytes) makes that 3.5-3.7 MB of text, where base64 would make 3.8-4.0 MB.
+The browser inflates it with its built-in DecompressionStream("deflate-raw").
+
+float16, the default, halves all of it and scores within 0.001 bits/char of float32. int8 keeps
+a quarter: each row of a matrix (each value of a vector) is stored as whole numbers from -127 to
+127 times one float32 scale, its largest magnitude / 127; the scales are packed the same way.
 """
 from __future__ import annotations
 
@@ -27,14 +31,15 @@ from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "web"
-PAGE_FILES = ("index.html", "app.js", "style.css")
+PAGE_FILES = ("index.html", "app.js", "kernel.js", "style.css")
 MODEL_FILE = "model.js"
 MARKER = "// charrnn web export"  # first line of model.js: marks a folder we may overwrite
-DTYPES = {"float32": "<f4", "float16": "<f2"}
+DTYPES = {"float32": "<f4", "float16": "<f2", "int8": "i1"}
+INT8_LEVELS = 127  # symmetric: -127..127, so a row's largest magnitude is exact
 BASE85_GROUP = 4  # bytes per 5 base85 characters
 
 
-def export_web(ckpt: dict, out_dir: str | Path, *, dtype: str = "float32") -> Path:
+def export_web(ckpt: dict, out_dir: str | Path, *, dtype: str = "float16") -> Path:
     """Write the page for checkpoint `ckpt` into `out_dir` (new, empty or an earlier export).
 
     Returns the path of index.html, which works opened straight from disk.
@@ -42,29 +47,29 @@ def export_web(ckpt: dict, out_dir: str | Path, *, dtype: str = "float32") -> Pa
     from charrnn.checkpoint import build_model  # lazy: the only part that needs torch
 
     if dtype not in DTYPES:
-        raise CharRNNError(f"web export dtype must be float32 or float16, not {dtype!r}")
+        raise CharRNNError(f"web export dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     out = Path(out_dir).expanduser()
     _check_folder(out)
     model, vocab = build_model(ckpt)  # checks that the checkpoint describes a usable model
-    names, shapes, arrays = [], [], []
-    for name, tensor in model.state_dict().items():
-        full = tensor.detach().float().cpu().numpy()
-        array = full.astype(DTYPES[dtype])
-        if not np.isfinite(full).all():
+    tensors = {name: tensor.detach().float().cpu().numpy() for name, tensor in model.state_dict().items()}
+    for name, array in tensors.items():
+        if not np.isfinite(array).all():
             raise CharRNNError(f"the checkpoint's {name} holds NaN or infinite values; use another checkpoint")
-        if not np.isfinite(array).all():  # beyond float16's range (65504)
-            raise CharRNNError(f"{name} holds values too large for float16; export as float32")
-        names.append(name)
-        shapes.append(list(array.shape))
-        arrays.append(array.ravel())
-    packed = _pack(np.concatenate(arrays))
+    if dtype == "int8":
+        values, scales = _quantize(list(tensors.values()))
+        packed = {**_pack(values), "scales": {**_pack(scales), "count": len(scales)}}
+    else:
+        values = np.concatenate([array.ravel() for array in tensors.values()]).astype(DTYPES[dtype])
+        if not np.isfinite(values).all():  # beyond float16's range (65504)
+            raise CharRNNError("the checkpoint holds weights too large for float16; use --export-dtype float32")
+        packed = _pack(values)
     spec = {
         "format": "charrnn-web", "version": 1,
         "config": dataclasses.asdict(model.config), "vocab": vocab.chars,
-        "summary": _summary(ckpt, sum(a.size for a in arrays)),
-        "dtype": dtype, "encoding": "float-le, byte planes, deflate-raw, base85",
-        "tensors": [{"name": n, "shape": s} for n, s in zip(names, shapes)],
-        "bytes": packed["bytes"], "data": packed["data"],
+        "summary": _summary(ckpt, values.size),
+        "dtype": dtype, "encoding": "little-endian, byte planes, deflate-raw, base85",
+        "tensors": [{"name": name, "shape": list(array.shape)} for name, array in tensors.items()],
+        **packed,
     }
     if vocab.items:
         spec["items"] = _items(ckpt["items"])
@@ -103,6 +108,18 @@ def _items(info: dict) -> dict:
     data = prefixes.astype("<u4").tobytes()
     return {"labels": list(info["labels"]), "separator": info["separator"], "known_count": len(prefixes),
             "known": base64.b85encode(data + bytes(-len(data) % BASE85_GROUP)).decode("ascii")}
+
+
+def _quantize(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """float32 tensors -> int8 values and a float32 scale per row, in order (see the module docstring)."""
+    values, scales = [], []
+    for array in arrays:
+        rows = array.reshape(len(array), -1) if array.ndim == 2 else array.reshape(-1, 1)
+        scale = np.abs(rows).max(axis=1, keepdims=True) / INT8_LEVELS
+        scale[scale == 0] = 1  # an all-zero row: any scale gives zeros
+        values.append(np.rint(rows / scale).astype(np.int8).ravel())
+        scales.append(scale.astype("<f4").ravel())
+    return np.concatenate(values), np.concatenate(scales)
 
 
 def _pack(values: np.ndarray) -> dict:

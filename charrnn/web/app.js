@@ -1,7 +1,8 @@
 "use strict";
 /*
- * charrnn in the browser: the model exported into model.js, run one character at a time in plain
- * JavaScript. No server, no network, no libraries.
+ * charrnn in the browser: the model exported into model.js, run one character at a time. The step
+ * runs in WebAssembly SIMD (kernel.wat, carried in kernel.js), or in plain JavaScript where the
+ * browser lacks it. No server, no network, no libraries.
  *
  * What other code relies on (tests/test_web.py, bench/web_speed.py):
  *  - #output: its textContent is exactly the prime plus the generated characters.
@@ -10,16 +11,18 @@
  *  - body[data-model]: "ready" once the weights are decoded, "error" if they could not be.
  *  - #score-total[data-bpc] and #neuron-status[data-state="done"] when those views finish.
  *  - URL query: prime, temperature, top_k, top_p, length, seed fill the controls, view=score or
- *    view=neurons opens that view, run=1 generates at once.
+ *    view=neurons opens that view, run=1 generates at once, step=js uses the plain JavaScript step.
+ *  - body[data-step]: "wasm" or "js", the step the page runs.
  *  - A model of items (spec.items) opens the Items view alone: #item-list[data-state] becomes
  *    "done" with one <li> per item (class "cut" if it reached the longest length first).
  *
- * Numbers: weights are stored as Float32Array, every sum and state is a float64 Number, so the
- * page computes the same function as PyTorch to far better than the 0.001 bits/char it must match.
+ * Numbers: weights are float32 whatever the export's dtype. The WebAssembly step computes in
+ * float32, as PyTorch does; the plain JavaScript one, the reference, in float64. Both match
+ * PyTorch far within the 0.001 bits/char the page must.
  */
 
 // ---------------------------------------------------------------------------------------------
-// Reading model.js (written by charrnn/web.py): base85 text -> raw deflate -> byte planes -> floats
+// Reading model.js (written by charrnn/web.py): base85 text -> raw deflate -> byte planes -> values
 
 const BASE85 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz!#$%&()*+-;<=>?@^_`{|}~";
 
@@ -63,32 +66,54 @@ function halfToNumber(bits) {
   return sign * (1 + fraction / 1024) * 2 ** (exponent - 15);
 }
 
-/** Little-endian float32 or float16 bytes -> Float32Array (DataView: right on any byte order). */
-function toFloats(bytes, dtype) {
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const size = dtype === "float16" ? 2 : 4;
-  const out = new Float32Array(bytes.length / size);
-  for (let i = 0; i < out.length; i++) {
-    out[i] = size === 2 ? halfToNumber(view.getUint16(2 * i, true)) : view.getFloat32(4 * i, true);
-  }
-  return out;
+/** Packed little-endian values (see _pack in web.py) -> their bytes, in order. */
+async function unpack({ data, bytes }, itemSize) {
+  return unshuffle(await inflateRaw(base85Decode(data, bytes)), itemSize);
 }
 
-async function loadModel(spec) {
+/** Little-endian float32 or float16 bytes -> floats, written into `out` (DataView: right on any byte order). */
+function decodeFloats(bytes, dtype, out) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  for (let i = 0; i < out.length; i++) {
+    out[i] = dtype === "float16" ? halfToNumber(view.getUint16(2 * i, true)) : view.getFloat32(4 * i, true);
+  }
+}
+
+/** int8 values times their row's scale -> floats, into `out`. A vector is a column: a scale per value. */
+function decodeInt8(bytes, scales, tensors, out) {
+  const values = new Int8Array(bytes.buffer, bytes.byteOffset, bytes.length);
+  let at = 0, row = 0;
+  for (const { shape } of tensors) {
+    const cols = shape.length === 2 ? shape[1] : 1;
+    for (let end = at + shape.reduce((a, b) => a * b, 1); at < end; row++) {
+      for (let j = 0; j < cols; j++, at++) out[at] = values[at] * scales[row];
+    }
+  }
+}
+
+/** model.js's spec -> a CharModel, its weights decoded straight into the memory its step reads. */
+async function loadModel(spec, plain = false) {
   if (typeof DecompressionStream === "undefined") {
     throw new Error("this browser lacks DecompressionStream; open the page in a current Chrome, Firefox or Safari");
   }
-  const itemSize = spec.dtype === "float16" ? 2 : 4;
-  const planes = await inflateRaw(base85Decode(spec.data, spec.bytes));
-  const values = toFloats(unshuffle(planes, itemSize), spec.dtype);
+  const shapes = spec.tensors.map(({ shape }) => shape);
+  const count = shapes.reduce((n, shape) => n + shape.reduce((a, b) => a * b, 1), 0);
+  const kernel = (!plain && await simdKernel(count, shapes)) || plainKernel(count);
+  if (spec.dtype === "int8") {
+    const scales = new Float32Array(spec.scales.count);
+    decodeFloats(await unpack(spec.scales, 4), "float32", scales);
+    decodeInt8(await unpack(spec, 1), scales, spec.tensors, kernel.weights);
+  } else {
+    decodeFloats(await unpack(spec, spec.dtype === "float16" ? 2 : 4), spec.dtype, kernel.weights);
+  }
   const tensors = {};
   let offset = 0;
   for (const { name, shape } of spec.tensors) {
     const size = shape.reduce((a, b) => a * b, 1);
-    tensors[name] = values.subarray(offset, offset + size);
+    tensors[name] = kernel.weights.subarray(offset, offset + size);
     offset += size;
   }
-  return new CharModel(spec.config, spec.vocab, tensors, spec.items);
+  return new CharModel(spec.config, spec.vocab, tensors, spec.items, kernel);
 }
 
 /** The training list's fingerprints (first 32 bits of each SHA-256), sorted, for "new items only". */
@@ -99,11 +124,11 @@ function knownItems(items) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The network: embedding lookup -> stacked RNN/LSTM/GRU -> linear head, in PyTorch's weight layout
+// The cells in plain JavaScript
 
 /**
- * W (rows x cols, row-major) times x, plus b: one layer's gate blocks, or the head. Four running
- * sums rather than one: the CPU overlaps them, which makes the whole page about 1.5x faster.
+ * W (rows x cols, row-major: PyTorch's layout) times x, plus b: one layer's gate blocks, or the
+ * head. Four running sums rather than one: the CPU overlaps them, which makes it 1.5x faster.
  */
 function affine(W, b, x) {
   const rows = b.length, cols = x.length;
@@ -158,8 +183,77 @@ function rnnCell(gi, gh, H) {
   return hNew;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The step's arithmetic, two ways. A kernel holds the weights and computes a layer,
+// layer(cell, {ih, hh}, x, h, c) -> [h', c' or null], and the head's logits, head({W, b}, x).
+
+/** Plain JavaScript in float64: the fallback, and the reference the tests hold the other to. */
+function plainKernel(count) {
+  return {
+    name: "js", weights: new Float32Array(count),
+    layer(cell, { ih, hh }, x, h, c) {
+      const gi = affine(ih.W, ih.b, x), gh = affine(hh.W, hh.b, h);
+      if (cell === "lstm") return lstmCell(gi, gh, c, h.length);
+      return [cell === "gru" ? gruCell(gi, gh, h, h.length) : rnnCell(gi, gh, h.length), null];
+    },
+    head: ({ W, b }, x) => affine(W, b, x),
+  };
+}
+
+/**
+ * kernel.wat's WebAssembly SIMD, or null where the browser cannot run it: about 8x the plain
+ * step. The weights and the step's vectors live in the module's memory, laid out once (growing it
+ * later would detach every view), each vector with room to be read and written to a multiple of 4.
+ */
+async function simdKernel(count, shapes) {
+  if (typeof WebAssembly === "undefined" || typeof CHARRNN_KERNEL === "undefined") return null;
+  const binary = Uint8Array.from(atob(CHARRNN_KERNEL), (c) => c.charCodeAt(0));
+  if (!WebAssembly.validate(binary)) return null; // an engine without SIMD
+  const { instance } = await WebAssembly.instantiate(binary);
+  const wasm = instance.exports;
+  const room = (n) => Math.ceil(n / 4) * 4 + 4; // a multiple of 4 floats (16 bytes), plus one more group
+  const rows = room(Math.max(...shapes.map((s) => s[0]))), cols = room(Math.max(...shapes.map((s) => s[1] ?? 1)));
+  const sizes = [room(count), cols, cols, cols, cols, cols, rows, rows]; // weights, x, h, c, h', c', gi, gh
+  const bytes = 4 * sizes.reduce((a, b) => a + b);
+  wasm.memory.grow(Math.ceil(Math.max(0, bytes - wasm.memory.buffer.byteLength) / 65536));
+  let at = 0;
+  const [weights, x, h, c, hOut, cOut, gi, gh] = sizes.map((size) => {
+    at += 4 * size;
+    return new Float32Array(wasm.memory.buffer, at - 4 * size, size);
+  });
+  const affine = ({ W, b }, input, out) => wasm.affine(W.byteOffset, b.byteOffset, input.byteOffset, out.byteOffset,
+    b.length, W.length / b.length);
+  return {
+    name: "wasm", weights: weights.subarray(0, count),
+    layer(cell, { ih, hh }, input, hPrev, cPrev) {
+      const H = hPrev.length;
+      x.set(input);
+      h.set(hPrev);
+      affine(ih, x, gi);
+      affine(hh, h, gh);
+      if (cell === "lstm") {
+        c.set(cPrev);
+        wasm.lstm_gates(gi.byteOffset, gh.byteOffset, c.byteOffset, hOut.byteOffset, cOut.byteOffset, H);
+        return [hOut.slice(0, H), cOut.slice(0, H)];
+      }
+      if (cell === "gru") wasm.gru_gates(gi.byteOffset, gh.byteOffset, h.byteOffset, hOut.byteOffset, H);
+      else wasm.rnn_gates(gi.byteOffset, gh.byteOffset, hOut.byteOffset, H);
+      return [hOut.slice(0, H), null];
+    },
+    head(m, input) {
+      x.set(input);
+      affine(m, x, gi);
+      return Float64Array.from(gi.subarray(0, m.b.length));
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The network: embedding lookup -> stacked RNN/LSTM/GRU -> linear head
+
 class CharModel {
-  constructor(config, vocab, tensors, items = null) {
+  constructor(config, vocab, tensors, items, kernel) {
+    this.kernel = kernel;
     this.cell = config.model;
     this.numLayers = config.num_layers;
     this.hidden = config.rnn_size;
@@ -172,12 +266,11 @@ class CharModel {
     this.layers = [];
     for (let k = 0; k < this.numLayers; k++) {
       this.layers.push({
-        wIh: tensors[`rnn.weight_ih_l${k}`], bIh: tensors[`rnn.bias_ih_l${k}`],
-        wHh: tensors[`rnn.weight_hh_l${k}`], bHh: tensors[`rnn.bias_hh_l${k}`],
+        ih: { W: tensors[`rnn.weight_ih_l${k}`], b: tensors[`rnn.bias_ih_l${k}`] },
+        hh: { W: tensors[`rnn.weight_hh_l${k}`], b: tensors[`rnn.bias_hh_l${k}`] },
       });
     }
-    this.headW = tensors["head.weight"];
-    this.headB = tensors["head.bias"];
+    this.head = { W: tensors["head.weight"], b: tensors["head.bias"] };
   }
 
   /** A state per layer: h, and c for an LSTM; all zeros, like PyTorch's default. */
@@ -188,24 +281,19 @@ class CharModel {
 
   /** Read one character (its index; label: a model with labels): the logits for the next one and the new state. */
   step(state, index, label = null) {
-    const H = this.hidden, E = this.embeddingSize;
+    const E = this.embeddingSize;
     // a Float64Array like every other input, so affine() stays one fast, monomorphic loop
     let x = Float64Array.from(this.embed.subarray(index * E, (index + 1) * E));
     if (label !== null) for (let j = 0; j < E; j++) x[j] += this.labelEmbed[label * E + j];
     const next = { h: [], c: this.cell === "lstm" ? [] : null };
-    this.layers.forEach(({ wIh, bIh, wHh, bHh }, k) => {
-      const gi = affine(wIh, bIh, x);
-      const gh = affine(wHh, bHh, state.h[k]);
-      if (this.cell === "lstm") {
-        const [h, c] = lstmCell(gi, gh, state.c[k], H);
-        next.h.push(h);
-        next.c.push(c);
-      } else {
-        next.h.push(this.cell === "gru" ? gruCell(gi, gh, state.h[k], H) : rnnCell(gi, gh, H));
-      }
-      x = next.h[k]; // dropout between layers and before the head is off at inference
+    this.layers.forEach((layer, k) => {
+      const [h, c] = this.kernel.layer(this.cell, layer, x, state.h[k], state.c?.[k]);
+      next.h.push(h);
+      if (next.c) next.c.push(c);
+      x = h; // dropout between layers and before the head is off at inference
     });
-    return { logits: affine(this.headW, this.headB, x), state: next };
+    // a new array: the caller keeps the logits while other views' steps reuse the kernel's memory
+    return { logits: this.kernel.head(this.head, x), state: next };
   }
 
   /** What generate.py feeds first: the prime's characters, or a newline (else index 0) for none. */
@@ -226,10 +314,17 @@ function softmax(logits) {
   return p.map((v) => v / total);
 }
 
-/** The k likeliest characters: [[index, probability], ...], likeliest first. */
+/** The k likeliest characters: [[index, probability], ...], likeliest first (one pass: vocabularies can be large). */
 function topCandidates(probs, k = 5) {
-  return Array.from(probs.keys()).sort((a, b) => probs[b] - probs[a] || a - b).slice(0, k)
-    .map((i) => [i, probs[i]]);
+  const top = [];
+  for (let i = 0; i < probs.length; i++) {
+    if (top.length === k && probs[i] <= probs[top[k - 1]]) continue;
+    let at = top.length;
+    while (at > 0 && probs[top[at - 1]] < probs[i]) at--; // after equals: the lower index first
+    top.splice(at, 0, i);
+    if (top.length > k) top.pop();
+  }
+  return top.map((i) => [i, probs[i]]);
 }
 
 function argmax(values) {
@@ -286,6 +381,15 @@ function yieldToBrowser() {
 }
 
 const SLICE_MS = 30; // work this long between yields: smooth output, little overhead
+const PROGRESS_FROM = 2000; // characters: a text this long shows a progress bar while it is read
+
+/** Show `bar` for a long read of `total` characters; returns a function that moves it to `done`. */
+function progressBar(bar, total) {
+  bar.hidden = total < PROGRESS_FROM;
+  bar.max = total;
+  bar.value = 0;
+  return (done) => { bar.value = done; };
+}
 
 // ---------------------------------------------------------------------------------------------
 // Showing text: one span per character, shaded; pointing, tapping or arrow keys show details
@@ -475,9 +579,11 @@ async function score(model) {
   box.replaceChildren();
   box.records = [];
   delete total.dataset.bpc;
-  let state = model.zeroState(), logits = null, nats = 0, count = 0, skipped = 0;
+  const progress = progressBar($("score-progress"), chars.length);
+  let state = model.zeroState(), logits = null, nats = 0, count = 0, skipped = 0, read = 0;
   let sliceStart = performance.now(), pending = document.createDocumentFragment();
   for (const char of chars) {
+    read++;
     const index = model.index.get(char);
     if (index === undefined) { // like --skip-unknown: shown, not read
       skipped++;
@@ -498,13 +604,15 @@ async function score(model) {
     if (performance.now() - sliceStart > SLICE_MS) {
       box.append(pending);
       pending = document.createDocumentFragment();
-      total.textContent = `Scoring… ${count.toLocaleString()} of ${chars.length.toLocaleString()} characters`;
+      total.textContent = `Scoring… ${read.toLocaleString()} of ${chars.length.toLocaleString()} characters`;
+      progress(read);
       await yieldToBrowser();
       if (job.stopped) return;
       sliceStart = performance.now();
     }
   }
   box.append(pending);
+  $("score-progress").hidden = true;
   if (count === 0) {
     total.textContent = "Give at least 2 characters the model knows.";
     return;
@@ -558,18 +666,22 @@ async function readNeurons(model) {
   status.dataset.state = "running";
   status.textContent = "Reading…";
   const chars = Array.from($("neuron-text").value).filter((c) => model.index.has(c));
-  const acts = Array.from({ length: model.numLayers },
-    () => Array.from({ length: model.hidden }, () => new Float64Array(chars.length)));
+  const acts = Array.from({ length: model.numLayers }, // float32: a long text on a big model is many values
+    () => Array.from({ length: model.hidden }, () => new Float32Array(chars.length)));
+  const progress = progressBar($("neuron-progress"), chars.length);
   let state = model.zeroState(), sliceStart = performance.now();
   for (let t = 0; t < chars.length; t++) {
     ({ state } = model.step(state, model.index.get(chars[t])));
     state.h.forEach((h, k) => h.forEach((v, u) => { acts[k][u][t] = v; }));
     if (performance.now() - sliceStart > SLICE_MS) {
+      status.textContent = `Reading… ${t.toLocaleString()} of ${chars.length.toLocaleString()} characters`;
+      progress(t);
       await yieldToBrowser();
       if (job.stopped) return;
       sliceStart = performance.now();
     }
   }
+  $("neuron-progress").hidden = true;
   Object.assign(neuronData, { chars, activations: acts });
   listTopUnits(model, chars, acts);
   showNeuron();
@@ -800,10 +912,11 @@ function wireControls(model) {
 
 async function main() {
   const spec = window.CHARRNN_MODEL;
+  const query = new URLSearchParams(location.search);
   let model;
   try {
     if (!spec) throw new Error("model.js is missing or did not load; export the page again");
-    model = await loadModel(spec);
+    model = await loadModel(spec, query.get("step") === "js");
   } catch (e) {
     $("summary").textContent = `Could not load the model: ${e.message}`;
     document.body.dataset.model = "error";
@@ -820,10 +933,10 @@ async function main() {
     $("items-run").disabled = false;
   }
   wireControls(model);
-  const query = new URLSearchParams(location.search);
   for (const id of SETTINGS) if (query.has(id)) $(id).value = query.get(id);
   updateShareLink();
   for (const id of ["generate", "score-run", "neuron-run"]) $(id).disabled = false;
+  document.body.dataset.step = model.kernel.name;
   document.body.dataset.model = "ready";
   const view = query.get("view");
   if (view === "score" || view === "neurons") document.querySelector(`.tab[data-view="${view}"]`).click();
