@@ -116,6 +116,11 @@ class ModelConfig:
     num_labels: int = option(0, flag=False, check=NONNEGATIVE_INT)  # from the corpus: 0 without labels
     dropout: float = option(SIZE_LADDER[0][2], "dropout between layers and before the output layer (picked "
                             "with --rnn-size on a time budget)", check=FRACTION)
+    weight_drop: float = option(0.0, "DropConnect on the recurrent weights (AWD-LSTM's weight drop): in "
+                                "training, each hidden-to-hidden weight of every layer is dropped with this "
+                                "probability (the rest scaled up, as dropout does), one mask per forward pass, so "
+                                "every step of a --seq-length window loses the same connections; evaluation and "
+                                "sampling use them all. 0: off", check=FRACTION)
 
     def __post_init__(self):
         check_fields(self)
