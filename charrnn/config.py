@@ -162,6 +162,12 @@ class TrainConfig:
     warmup_steps: int = option(20, "linear warm-up steps", check=NONNEGATIVE_INT)
     weight_decay: float = option(0.0, "AdamW weight decay", check=NONNEGATIVE)
     grad_clip: float = option(1.0, "clip the gradient norm to this", check=POSITIVE)
+    ema_decay: float = option(0.0, "average the weights: keep an exponential moving average of them with "
+                              "this decay per step, evaluate it, and save it as the model in best.pt and last.pt "
+                              "(generate.py and everything else use it; the raw weights are kept for --resume). "
+                              "It spans about 1/(1-decay) steps, e.g. 0.999 about the last 1,000; early in a run "
+                              "about the last tenth of the steps taken. 0: off",
+                              check=Range(0, 0.99999, words="a number from 0 to 0.99999 (0: off)"))
     # when to stop (whichever comes first) and when to evaluate
     max_steps: int | None = option(None, "stop after this many steps in total", check=POSITIVE_INT)
     max_epochs: float | None = option(None, "stop after this many passes over the text", check=POSITIVE)

@@ -1,14 +1,30 @@
-"""Regularisation options: DropConnect on the recurrent weights (--weight-drop)."""
-from dataclasses import replace
+"""Regularisation options: DropConnect on the recurrent weights (--weight-drop) and averaged weights
+(--ema-decay): their arithmetic, and exact resume with both on."""
+import json
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from charrnn import checkpoint
 from charrnn.config import ModelConfig
+from charrnn.errors import CharRNNError
+from charrnn.evaluate import evaluate
+from charrnn.launch import resume_config, train
 from charrnn.model import CharRNN, functional_call
+from charrnn.trainer import Trainer, ema_decay
+from conftest import build_trainer
+from test_train import assert_same_weights, corpus_file, tiny
 
 CELLS = ["rnn", "lstm", "gru"]
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def no_plot(monkeypatch):
+    """Drawing loss_curve.png costs ~1 s of matplotlib here."""
+    monkeypatch.setattr("charrnn.trainer.plot_metrics", lambda *args: None)
 
 
 @pytest.fixture
@@ -85,3 +101,64 @@ def test_no_weight_drop_draws_no_mask_in_training(masks):
 def test_weight_drop_keeps_the_parameter_names():
     assert tiny_model(weight_drop=0.3).state_dict().keys() == tiny_model().state_dict().keys()
     tiny_model(weight_drop=0.3).load_state_dict(tiny_model().state_dict())  # strict
+
+
+# -- averaged weights ---------------------------------------------------------------------------
+
+def test_ema_decay_is_lowered_early_in_a_run():
+    config = tiny(Path("c.txt"), None, ema_decay=0.99)
+    decays = [ema_decay(config, t) for t in range(1000)]
+    assert decays[0] == pytest.approx(0.1) and decays[90] == pytest.approx(0.91)
+    assert all(a <= b for a, b in zip(decays, decays[1:])) and decays[-1] == 0.99
+
+
+def test_the_saved_and_evaluated_model_is_the_average_of_the_training_weights(tmp_path):
+    trainer = build_trainer(tiny(corpus_file(tmp_path), tmp_path / "run", ema_decay=0.8, max_steps=12))
+    by_hand = {k: v.double() for k, v in trainer.model.state_dict().items()}
+    for t in range(12):
+        loss = trainer.train_step()
+        d, now = min(0.8, (1 + t) / (10 + t)), trainer.model.state_dict()
+        by_hand = {k: d * v + (1 - d) * now[k].double() for k, v in by_hand.items()}
+    row = trainer.evaluate_and_save(loss, 0.0)
+    saved = checkpoint.load(tmp_path / "run" / "last.pt")
+    assert saved["model"].keys() == by_hand.keys()
+    for name, value in saved["model"].items():
+        assert torch.allclose(value.double(), by_hand[name], atol=1e-6), name
+    assert_same_weights(saved["raw_model"], trainer.model.state_dict())
+    assert any(not torch.equal(saved["model"][k], saved["raw_model"][k]) for k in by_hand)
+    # evaluation scored the average, and the model that readers load is the average
+    model, _ = checkpoint.build_model(saved)
+    averaged = evaluate(model, trainer.val_tokens, trainer.device, trainer.amp)
+    raw = evaluate(trainer.model, trainer.val_tokens, trainer.device, trainer.amp)
+    assert row["val_loss"] == round(averaged, 5) != round(raw, 5)
+
+
+def test_resume_with_weight_drop_and_ema_on_is_bit_identical(tmp_path, monkeypatch):
+    """Train 2k steps straight, and k then k resumed: the same losses, training weights, average."""
+    losses = []
+    step = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self: losses.append(step(self)) or losses[-1])
+    config = tiny(corpus_file(tmp_path, 700), tmp_path / "whole", num_layers=2, dropout=0.3, weight_drop=0.3,
+                  ema_decay=0.9, max_steps=24, eval_every=5)  # 19 steps a pass: the resumed half crosses one
+    train(config)
+    whole = losses.copy()
+    losses.clear()
+    halves = replace(config, checkpoint_dir=str(tmp_path / "halves"))
+    trainer = build_trainer(halves)
+    for _ in range(12):
+        trainer.train_step()
+    trainer.save("last.pt")
+    train(halves, resume=str(tmp_path / "halves"))
+    assert losses == whole
+    a, b = (checkpoint.load(tmp_path / run / "last.pt") for run in ("whole", "halves"))
+    assert_same_weights(a["model"], b["model"])
+    assert_same_weights(a["raw_model"], b["raw_model"])
+    ends = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("whole", "halves")]
+    assert ends[0]["step"] == 24 and ends[0]["val_loss"] == ends[1]["val_loss"]
+
+
+def test_resume_refuses_to_change_either_option():
+    saved = asdict(tiny(Path("c.txt"), None, weight_drop=0.3, ema_decay=0.9))
+    for name, value in (("weight_drop", 0.0), ("ema_decay", 0.99)):
+        with pytest.raises(CharRNNError, match="--" + name.replace("_", "-")):
+            resume_config(saved, {name: value})
