@@ -1,5 +1,5 @@
 """Regularisation options: DropConnect on the recurrent weights (--weight-drop) and averaged weights
-(--ema-decay): their arithmetic, and exact resume with both on."""
+(--ema-decay): their arithmetic, exact resume with both on, and checkpoints written before them."""
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from charrnn import checkpoint
-from charrnn.config import ModelConfig
+from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import evaluate
 from charrnn.launch import resume_config, train
@@ -162,3 +162,21 @@ def test_resume_refuses_to_change_either_option():
     for name, value in (("weight_drop", 0.0), ("ema_decay", 0.99)):
         with pytest.raises(CharRNNError, match="--" + name.replace("_", "-")):
             resume_config(saved, {name: value})
+
+
+# -- checkpoints from before these options ------------------------------------------------------
+
+def test_a_checkpoint_from_before_these_options_loads_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(corpus_file(tmp_path), run, max_steps=4, eval_every=4))
+    old = checkpoint.load(run / "last.pt")
+    for config in (old["model_config"], old["train_config"]["model"]):
+        del config["weight_drop"]
+    del old["train_config"]["ema_decay"]
+    checkpoint.save({k: v for k, v in old.items() if k not in ("format", "version")}, run / "last.pt")
+    model, _ = checkpoint.build_model(checkpoint.load(run / "last.pt"))
+    assert model.config.weight_drop == 0.0
+    summary = train(TrainConfig(), resume=str(run), overrides={"max_steps": 6})
+    assert summary["step"] == 6
+    resumed = checkpoint.load(run / "last.pt")
+    assert resumed["train_config"]["ema_decay"] == 0.0 and "raw_model" not in resumed
