@@ -2,7 +2,9 @@
 
 A checkpoint holds everything needed to sample (vocabulary, model config, weights) and to resume
 exactly (optimizer, step, data position, carried state, RNG states). It is loaded with
-`weights_only=True`, so a file from a stranger can never run code.
+`weights_only=True`, so a file from a stranger can never run code. A run with averaged weights
+(--ema-decay) saves the average as "model", the weights every reader loads, and the weights it
+trains as "raw_model", for --resume.
 """
 from __future__ import annotations
 

@@ -116,6 +116,11 @@ class ModelConfig:
     num_labels: int = option(0, flag=False, check=NONNEGATIVE_INT)  # from the corpus: 0 without labels
     dropout: float = option(SIZE_LADDER[0][2], "dropout between layers and before the output layer (picked "
                             "with --rnn-size on a time budget)", check=FRACTION)
+    weight_drop: float = option(0.0, "DropConnect on the recurrent weights (AWD-LSTM's weight drop): in "
+                                "training, each hidden-to-hidden weight of every layer is dropped with this "
+                                "probability (the rest scaled up, as dropout does), one mask per forward pass, so "
+                                "every step of a --seq-length window loses the same connections; evaluation and "
+                                "sampling use them all. 0: off", check=FRACTION)
 
     def __post_init__(self):
         check_fields(self)
@@ -157,6 +162,12 @@ class TrainConfig:
     warmup_steps: int = option(20, "linear warm-up steps", check=NONNEGATIVE_INT)
     weight_decay: float = option(0.0, "AdamW weight decay", check=NONNEGATIVE)
     grad_clip: float = option(1.0, "clip the gradient norm to this", check=POSITIVE)
+    ema_decay: float = option(0.0, "average the weights: keep an exponential moving average of them with "
+                              "this decay per step, evaluate it, and save it as the model in best.pt and last.pt "
+                              "(generate.py and everything else use it; the raw weights are kept for --resume). "
+                              "It spans about 1/(1-decay) steps, e.g. 0.999 about the last 1,000; early in a run "
+                              "about the last tenth of the steps taken. 0: off",
+                              check=Range(0, 0.99999, words="a number from 0 to 0.99999 (0: off)"))
     # when to stop (whichever comes first) and when to evaluate
     max_steps: int | None = option(None, "stop after this many steps in total", check=POSITIVE_INT)
     max_epochs: float | None = option(None, "stop after this many passes over the text", check=POSITIVE)

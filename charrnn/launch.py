@@ -266,8 +266,10 @@ def describe(trainer: Trainer, split: Split) -> str:
     lines = [
         f"corpus {info['name']}: {info['length']:,} chars" + (f" in {info['items']:,} items" if "items" in info else "")
         + f", vocabulary {len(trainer.vocab)}, train {split.train_chars:,} / val {split.val_size:,}",
-        f"model {m.model} {m.num_layers}x{m.rnn_size}, {trainer.model.num_parameters():,} parameters; "
-        f"batch {c.batch_size}x{c.seq_length} ({'items' if trainer.vocab.items else c.batching})"
+        f"model {m.model} {m.num_layers}x{m.rnn_size}, {trainer.model.num_parameters():,} parameters"
+        + (f", DropConnect {m.weight_drop:g} on the recurrent weights" if m.weight_drop else "")
+        + (f", averaged weights (decay {c.ema_decay:g}) evaluated and saved" if c.ema_decay else "")
+        + f"; batch {c.batch_size}x{c.seq_length} ({'items' if trainer.vocab.items else c.batching})"
         + (f" per rank x {world.size} ranks = {c.batch_size * world.size} rows" if world.active else "")
         + f", device {trainer.device}, {'bf16 autocast' if trainer.amp else 'fp32'}, "
         + (f"up to {torch.get_num_threads()} threads (fewer while other processes keep cores busy)"

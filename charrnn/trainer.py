@@ -4,9 +4,14 @@ One plain loop, handed its parts (see launch.py for where they are built). Each 
 rate, forward/backward, clip, step, log; every `eval_every` steps (and at least once a pass over
 the text and every few minutes) evaluate, print a sample and save. On SIGINT/SIGTERM it finishes
 the step in hand, saves `last.pt` and returns, so `--resume` continues bit-identically.
+
+With --ema-decay the trainer also keeps an exponential moving average of the weights: that is
+what it evaluates, samples from and saves as the model (Polyak averaging: the average of the
+late, noisy iterates often generalises better than the last of them).
 """
 from __future__ import annotations
 
+import copy
 import math
 import signal
 import sys
@@ -39,6 +44,17 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
     decay = config.min_lr_frac + (1 - config.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return config.learning_rate * warmup * decay
+
+
+def ema_decay(config: TrainConfig, step: int) -> float:
+    """The averaged weights' decay for the update after `step` earlier ones: --ema-decay, lowered early.
+
+    The average starts as the initial weights, which a fixed decay D forgets slowly (at 0.999 they
+    still weigh 37% after 1,000 steps), so a short run would save a model pulled back towards its
+    random start. Until (1+t)/(10+t) reaches D the average spans about the last tenth of the steps
+    taken (TensorFlow's ExponentialMovingAverage with num_updates does the same).
+    """
+    return min(config.ema_decay, (1 + step) / (10 + step))
 
 
 def eval_interval(config: TrainConfig) -> float:
@@ -122,6 +138,8 @@ class Trainer:
         self.logs: dict[str, list[dict]] = {"metrics.jsonl": [], "samples.jsonl": []}
         self.callbacks: list[Callable[[Trainer], None]] = []  # called after every step
         distributed.same_weights(world, model)
+        # the moving average of the weights (--ema-decay): evaluated, sampled and saved as the model
+        self.averaged = copy.deepcopy(model).eval().requires_grad_(False) if config.ema_decay else None
 
     # -- stopping and schedule ------------------------------------------------------------------
     def progress(self) -> float:
@@ -157,18 +175,31 @@ class Trainer:
         distributed.average_gradients(self.world, self.model.parameters())
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if self.averaged is not None:
+            with torch.no_grad():  # averaged <- averaged + (1 - decay) (model - averaged)
+                torch._foreach_lerp_(list(self.averaged.parameters()), list(self.model.parameters()),
+                                     1 - ema_decay(self.config, self.step))
         # Keep the state's values for the next window but not its graph: backprop is truncated here.
         self.state = detach_state(state)
         self.step += 1
         return loss.item()
 
+    @property
+    def final_model(self) -> CharRNN:
+        """The model a run produces: the averaged weights with --ema-decay, else the trained ones."""
+        return self.model if self.averaged is None else self.averaged
+
     # -- saving and restoring -------------------------------------------------------------------
     def payload(self) -> dict:
+        """The checkpoint. Its "model" is the final model, which every reader loads; with averaged
+        weights, the trained ones, which the optimizer's state belongs to, are kept as "raw_model"."""
+        raw = {} if self.averaged is None else {"raw_model": self.model.state_dict()}
         return {
             **self.checkpoint_info,
             "vocab": self.vocab.to_list(),
             "model_config": asdict(self.model.config),
-            "model": self.model.state_dict(),
+            "model": self.final_model.state_dict(),
+            **raw,
             "optimizer": self.optimizer.state_dict(),
             "train_config": asdict(self.config),
             "progress": {"step": self.step, "epoch": self.batches.epoch, "elapsed": self.elapsed,
@@ -182,7 +213,11 @@ class Trainer:
 
     def restore(self, ckpt: dict) -> None:
         """Continue from a checkpoint this trainer's config and corpus match (launch.py checks)."""
-        self.model.load_state_dict(ckpt["model"])
+        if self.averaged is None:
+            self.model.load_state_dict(ckpt["model"])
+        else:
+            self.model.load_state_dict(ckpt["raw_model"])
+            self.averaged.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         progress = ckpt["progress"]
         self.step, self.elapsed, self.best_val = progress["step"], progress["elapsed"], progress["best_val_loss"]
@@ -208,7 +243,7 @@ class Trainer:
     def evaluate_and_save(self, train_loss: float, chars_per_sec: float, quick: bool = False) -> dict:
         """Validate, log, sample and save. A `quick` evaluation (one of the extra ones a short pass
         gets) only writes best.pt when it improves: on a tiny corpus there is one every few steps."""
-        val = evaluate(self.model, self.val_tokens, self.device, self.amp, world=self.world)
+        val = evaluate(self.final_model, self.val_tokens, self.device, self.amp, world=self.world)
         if not math.isfinite(val):  # the last update broke the weights: keep the checkpoints as they are
             raise CharRNNError(f"the validation loss became {val} at step {self.step}; the checkpoints in "
                                f"{self.run_dir.path} are kept; lower --learning-rate or --grad-clip")
@@ -236,16 +271,16 @@ class Trainer:
         """A short sample with a fixed seed; it draws from its own generator, not the run's. For
         items: a few, one per line, each of the first labels in turn."""
         config = SampleConfig(length=self.config.sample_length, temperature=0.8, seed=SAMPLE_SEED)
-        prime = self.config.sample_prime
+        model, prime = self.final_model, self.config.sample_prime
         if self.vocab.items:
             names = self.checkpoint_info["items"]["labels"][:SAMPLE_ITEMS]
             each = -(-SAMPLE_ITEMS // max(1, len(names)))
             text = "\n".join(f"{names[label] + ': ' if names else ''}{item}" for label in range(len(names)) or [None]
-                             for item in generate_items(self.model, self.vocab, config, prime, num_samples=each,
+                             for item in generate_items(model, self.vocab, config, prime, num_samples=each,
                                                         label=label, skip_unknown=True).texts)
         else:
-            text = prime + generate(self.model, self.vocab, config, prime, skip_unknown=True)[0][0]
-        self.model.train()
+            text = prime + generate(model, self.vocab, config, prime, skip_unknown=True)[0][0]
+        self.model.train()  # sampling puts the model it draws from in eval mode
         return text
 
     # -- the loop -------------------------------------------------------------------------------
