@@ -24,6 +24,14 @@ BROWSER_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-d
                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
 
 
+def cpu_name() -> str:
+    """The CPU's model name, as lscpu gives it: every benchmark row names its machine."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def make_text(n_chars: int = 20_000) -> str:
     """A repetitive but not trivial English-like text, built deterministically."""
     words = ("the quick brown fox jumps over the lazy dog and then it rests in the warm sun "

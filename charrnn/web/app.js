@@ -307,11 +307,14 @@ class CharModel {
 // ---------------------------------------------------------------------------------------------
 // Probabilities and sampling
 
+/** Plain loops, no callbacks: this runs once a character, and callbacks cost a tenth of a step. */
 function softmax(logits) {
-  const max = logits.reduce((a, b) => Math.max(a, b), -Infinity); // no spread: vocabularies can be large
-  const p = logits.map((v) => Math.exp(v - max));
-  const total = p.reduce((a, b) => a + b, 0);
-  return p.map((v) => v / total);
+  const max = logits[argmax(logits)];
+  const p = new Float64Array(logits.length);
+  let total = 0;
+  for (let i = 0; i < p.length; i++) total += (p[i] = Math.exp(logits[i] - max));
+  for (let i = 0; i < p.length; i++) p[i] /= total;
+  return p;
 }
 
 /** The k likeliest characters: [[index, probability], ...], likeliest first (one pass: vocabularies can be large). */
@@ -351,9 +354,13 @@ function mulberry32(seed) {
  */
 function pickNext(logits, { temperature, topK, topP }, random) {
   if (temperature === 0) return argmax(logits);
-  let order = Array.from(logits.keys()).sort((a, b) => logits[b] - logits[a] || a - b);
-  if (topK) order = order.slice(0, topK);
-  let weights = order.map((i) => Math.exp((logits[i] - logits[order[0]]) / temperature));
+  let order = Array.from(logits.keys());
+  if (topK || (topP && topP < 1)) { // only the filters need the likeliest first: a sort a character is not free
+    order.sort((a, b) => logits[b] - logits[a] || a - b);
+    if (topK) order = order.slice(0, topK);
+  }
+  const max = logits[argmax(logits)];
+  let weights = order.map((i) => Math.exp((logits[i] - max) / temperature));
   if (topP && topP < 1) {
     const total = weights.reduce((a, b) => a + b, 0);
     let before = 0, keep = weights.length;
@@ -380,7 +387,8 @@ function yieldToBrowser() {
   return new Promise((resolve) => setTimeout(resolve, 0));
 }
 
-const SLICE_MS = 30; // work this long between yields: smooth output, little overhead
+const SLICE_MS = 30; // work this long between yields: Stop and the page stay responsive
+const SHOW_MS = 100; // new text is shown this often: each showing lays out the text, not free
 const PROGRESS_FROM = 2000; // characters: a text this long shows a progress bar while it is read
 
 /** Show `bar` for a long read of `total` characters; returns a function that moves it to `done`. */
@@ -508,7 +516,7 @@ async function sample(model, s, job, onChar, onSlice = () => {}) {
   const random = mulberry32(s.seed);
   let state = model.zeroState(), logits;
   for (const index of model.startIndices(s.prime)) ({ logits, state } = model.step(state, index));
-  let sliceStart = performance.now();
+  let sliceStart = performance.now(), shown = sliceStart;
   for (let t = 0; t < s.length; t++) {
     const next = pickNext(logits, s, random);
     const probs = softmax(logits);
@@ -516,7 +524,10 @@ async function sample(model, s, job, onChar, onSlice = () => {}) {
     if (t === s.length - 1) break;
     ({ logits, state } = model.step(state, next));
     if (performance.now() - sliceStart > SLICE_MS) {
-      onSlice();
+      if (sliceStart - shown > SHOW_MS) {
+        onSlice();
+        shown = sliceStart;
+      }
       await yieldToBrowser();
       if (job.stopped) return false;
       sliceStart = performance.now();
