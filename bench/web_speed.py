@@ -4,8 +4,8 @@ For each model (the LSTMs of the size ladder and a GRU; 65 characters, embedding
 weights, as speed does not depend on them), one stream at temperature 1, each figure the median
 of --repeats runs:
 
-- page: a full generation in the page (run=1) through its WebAssembly step, drawing every shaded
-  character as it comes;
+- page: a generation in the page, as a click on Generate makes it (the page opened once, then
+  --repeats clicks), through its WebAssembly step, drawing every shaded character as it comes;
 - page sampler only: the page's own sample() loop with nothing drawn, WebAssembly step;
 - page, plain JavaScript: the same loop through the fallback step (at most 500 characters: slow);
 - Python: charrnn.sample.generate, the sampler behind generate.py, in the same run;
@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,9 +58,9 @@ def open_page(driver, index: Path, **query) -> None:
     wait(driver, "document.body.dataset.model === 'ready'")
 
 
-def page_chars_per_sec(driver, index: Path, length: int) -> float:
-    """A generation with run=1; the page reports its own speed on #output."""
-    open_page(driver, index, prime=PRIME, temperature=1, length=length, seed=0, run=1)
+def page_chars_per_sec(driver, length: int) -> float:
+    """A click on Generate in the open page; the page reports its own speed on #output."""
+    driver.find_element("id", "generate").click()  # the page's state is "running" once this returns
     wait(driver, "document.getElementById('output').dataset.state === 'done'")
     return float(driver.execute_script("return document.getElementById('output').dataset.charsPerSec"))
 
@@ -106,7 +108,8 @@ def speed_row(driver, root: Path, shape: tuple, args) -> list[str]:
     model = CharRNN(config).eval()
     ckpt = {"vocab": CHARS, "model_config": dataclasses.asdict(config), "model": model.state_dict()}
     index = export_web(ckpt, root / f"{cell}{layers}x{size}")
-    page = median(lambda: page_chars_per_sec(driver, index, args.length), args.repeats)
+    open_page(driver, index, prime=PRIME, temperature=1, length=args.length, seed=0)
+    page = median(lambda: page_chars_per_sec(driver, args.length), args.repeats)
     only = median(lambda: sampler_only_chars_per_sec(driver, args.length, False), args.repeats)
     plain = median(lambda: sampler_only_chars_per_sec(driver, min(args.length, PLAIN_LENGTH), True), args.repeats)
     scored = "".join(generate(model, Vocab(CHARS), SampleConfig(length=SCORED_CHARS, seed=1), "")[0])
@@ -152,11 +155,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is shown (default 3)")
     parser.add_argument("--models", default=",".join(f"{c}{n}x{h}" for c, n, h in SHAPES),
                         help="which models, e.g. lstm2x256,gru2x256 (default: all)")
+    parser.add_argument("--busy", action="store_true", help="measure beside one busy process (while True: pass)")
     parser.add_argument("--checkpoint", type=Path, help="a trained model: adds the score difference per dtype")
     parser.add_argument("--text", type=Path, default=SHAKESPEARE,
                         help=f"the last {SCORED_CHARS:,} characters of this file are scored (default tinyshakespeare)")
     args = parser.parse_args()
 
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         driver = start_browser(root / "profile")
@@ -169,9 +174,11 @@ def main() -> None:
                       if args.checkpoint else None)
         finally:
             driver.quit()
+            if busy:
+                busy.kill()
 
     print(f"one stream, temperature 1, {args.length} characters, median of {args.repeats}; vocabulary {len(CHARS)}, "
-          f"embedding 64, random weights")
+          f"embedding 64, random weights" + ("; beside one busy process" if args.busy else ""))
     print(f"CPU: {cpu_name()}; Chromium {browser} (headless); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
     table(["model", "page chars/s", "page sampler only", f"plain JS sampler ({PLAIN_LENGTH} chars)",

@@ -389,6 +389,25 @@ function yieldToBrowser() {
 
 const SLICE_MS = 30; // work this long between yields: Stop and the page stay responsive
 const SHOW_MS = 100; // new text is shown this often: each showing lays out the text, not free
+
+/**
+ * The pace of a long loop: `await pace()` after each piece of work gives the browser a turn every
+ * SLICE_MS and calls show() every SHOW_MS; it is false once the job was stopped.
+ */
+function pacer(job, show = () => {}) {
+  let sliceStart = performance.now(), shown = sliceStart;
+  return async () => {
+    const now = performance.now();
+    if (now - sliceStart <= SLICE_MS) return true;
+    if (now - shown > SHOW_MS) {
+      show();
+      shown = now;
+    }
+    await yieldToBrowser();
+    sliceStart = performance.now();
+    return !job.stopped;
+  };
+}
 const PROGRESS_FROM = 2000; // characters: a text this long shows a progress bar while it is read
 
 /** Show `bar` for a long read of `total` characters; returns a function that moves it to `done`. */
@@ -520,31 +539,23 @@ function updateShareLink() {
 
 /**
  * Continue `prime` by `length` characters, calling onChar(char, record) for each, where record
- * = {p, top}: the probability the model gave the character and its five likeliest. Yields to
- * the browser between slices; returns false if the job was stopped.
+ * = {p, top}: the probability the model gave the character and its five likeliest, and onShow()
+ * when the characters so far should be shown. Returns false if the job was stopped.
  */
-async function sample(model, s, job, onChar, onSlice = () => {}) {
+async function sample(model, s, job, onChar, onShow = () => {}) {
   const random = mulberry32(s.seed);
   let state = model.zeroState(), logits;
   for (const index of model.startIndices(s.prime)) ({ logits, state } = model.step(state, index));
-  let sliceStart = performance.now(), shown = sliceStart;
+  const pace = pacer(job, onShow);
   for (let t = 0; t < s.length; t++) {
     const next = pickNext(logits, s, random);
     const probs = softmax(logits);
     onChar(model.vocab[next], { p: probs[next], top: topCandidates(probs), chosen: next });
     if (t === s.length - 1) break;
     ({ logits, state } = model.step(state, next));
-    if (performance.now() - sliceStart > SLICE_MS) {
-      if (sliceStart - shown > SHOW_MS) {
-        onSlice();
-        shown = sliceStart;
-      }
-      await yieldToBrowser();
-      if (job.stopped) return false;
-      sliceStart = performance.now();
-    }
+    if (!(await pace())) return false;
   }
-  onSlice();
+  onShow();
   return true;
 }
 
@@ -603,7 +614,13 @@ async function score(model) {
   delete total.dataset.bpc;
   const progress = progressBar($("score-progress"), chars.length);
   let state = model.zeroState(), logits = null, nats = 0, count = 0, skipped = 0, read = 0;
-  let sliceStart = performance.now(), pending = document.createDocumentFragment();
+  let pending = document.createDocumentFragment();
+  const pace = pacer(job, () => {
+    box.append(pending);
+    pending = document.createDocumentFragment();
+    total.textContent = `Scoring… ${read.toLocaleString()} of ${chars.length.toLocaleString()} characters`;
+    progress(read);
+  });
   for (const char of chars) {
     read++;
     const index = model.index.get(char);
@@ -623,15 +640,7 @@ async function score(model) {
       pending.append(charSpan(char, record, surpriseShade(bits / 8)));
     }
     ({ logits, state } = model.step(state, index));
-    if (performance.now() - sliceStart > SLICE_MS) {
-      box.append(pending);
-      pending = document.createDocumentFragment();
-      total.textContent = `Scoring… ${read.toLocaleString()} of ${chars.length.toLocaleString()} characters`;
-      progress(read);
-      await yieldToBrowser();
-      if (job.stopped) return;
-      sliceStart = performance.now();
-    }
+    if (!(await pace())) return;
   }
   box.append(pending);
   $("score-progress").hidden = true;
@@ -691,17 +700,15 @@ async function readNeurons(model) {
   const acts = Array.from({ length: model.numLayers }, // float32: a long text on a big model is many values
     () => Array.from({ length: model.hidden }, () => new Float32Array(chars.length)));
   const progress = progressBar($("neuron-progress"), chars.length);
-  let state = model.zeroState(), sliceStart = performance.now();
-  for (let t = 0; t < chars.length; t++) {
+  let state = model.zeroState(), t = 0;
+  const pace = pacer(job, () => {
+    status.textContent = `Reading… ${t.toLocaleString()} of ${chars.length.toLocaleString()} characters`;
+    progress(t);
+  });
+  for (; t < chars.length; t++) {
     ({ state } = model.step(state, model.index.get(chars[t])));
     state.h.forEach((h, k) => h.forEach((v, u) => { acts[k][u][t] = v; }));
-    if (performance.now() - sliceStart > SLICE_MS) {
-      status.textContent = `Reading… ${t.toLocaleString()} of ${chars.length.toLocaleString()} characters`;
-      progress(t);
-      await yieldToBrowser();
-      if (job.stopped) return;
-      sliceStart = performance.now();
-    }
+    if (!(await pace())) return;
   }
   $("neuron-progress").hidden = true;
   Object.assign(neuronData, { chars, activations: acts });
@@ -827,7 +834,8 @@ async function makeItems(model, known) {
   }
   if (s.seed === null) s.seed = Math.floor(Math.random() * 2 ** 32);
   const random = mulberry32(s.seed), labels = model.labels, seen = new Set();
-  let draws = 0, copies = 0, repeats = 0, sliceStart = performance.now();
+  let draws = 0, copies = 0, repeats = 0;
+  const pace = pacer(job);
   list.replaceChildren();
   list.dataset.state = "running";
   while (list.children.length < s.count && draws < s.count * (s.novel ? NOVEL_DRAWS : 1)) {
@@ -844,11 +852,7 @@ async function makeItems(model, known) {
       if (label !== null && s.label === null) li.title = labels[label];
       list.append(li);
     }
-    if (performance.now() - sliceStart > SLICE_MS) {
-      await yieldToBrowser();
-      if (job.stopped) return;
-      sliceStart = performance.now();
-    }
+    if (!(await pace())) return;
   }
   const made = list.children.length;
   list.dataset.state = "done";
