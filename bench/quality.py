@@ -71,9 +71,9 @@ def at_marks(curve: list[dict], marks: list[float]) -> list[dict | None]:
             for mark in marks]
 
 
-def validation_file(folder: Path) -> Path:
+def validation_file(folder: Path, corpus_path: Path = SHAKESPEARE) -> Path:
     """The split train.py validates on (the last 10%), written out for generate.py --score."""
-    text = corpus.load(corpus.resolve(str(SHAKESPEARE)))
+    text = corpus.load(corpus.resolve(str(corpus_path)))
     _, val, _ = data.split(text.tokens, 0.1)
     path = folder / "validation.txt"
     path.write_text(text.vocab.decode(val), encoding="utf-8")

@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 PORT = Range(0, 65535, words="a port from 0 to 65535 (0: any free one)")
 SHUTDOWN_S = 3  # on SIGINT/SIGTERM, streams in flight get this long to finish before they are ended
-WEB_TYPES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css",
-             "model.js": "text/javascript"}
+WEB_TYPES = {"index.html": "text/html", "app.js": "text/javascript", "kernel.js": "text/javascript",
+             "style.css": "text/css", "model.js": "text/javascript"}  # web.py's PAGE_FILES and MODEL_FILE
 INSTALL = 'the server needs its extra: pip install -e ".[serve]"'
 HOST, DEFAULT_PORT = "127.0.0.1", 8000
 
