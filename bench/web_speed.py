@@ -100,8 +100,18 @@ def median(measure, repeats: int) -> float:
     return statistics.median(measure() for _ in range(repeats))
 
 
-def speed_row(driver, root: Path, shape: tuple, args) -> list[str]:
-    """Speeds of one model's page and of Python's sampler, and the page's time to score 10,000 characters."""
+def speed_row(root: Path, shape: tuple, args) -> list[str]:
+    """Speeds of one model's page and of Python's sampler, and the page's time to score 10,000 characters.
+    Each model gets a fresh browser, as a user opening its page would, so that no model's figures
+    depend on the pages run before it in the same browser."""
+    driver = start_browser(root / f"profile-{'x'.join(map(str, shape))}")
+    try:
+        return speed_figures(driver, root, shape, args)
+    finally:
+        driver.quit()
+
+
+def speed_figures(driver, root: Path, shape: tuple, args) -> list[str]:
     cell, layers, size = shape
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=len(CHARS), model=cell, rnn_size=size, num_layers=layers, embedding_size=64)
@@ -168,7 +178,7 @@ def main() -> None:
         try:
             browser = driver.capabilities.get("browserVersion", "?")
             shapes = [shape for shape in SHAPES if "{}{}x{}".format(*shape) in args.models.split(",")]
-            speeds = [speed_row(driver, root, shape, args) for shape in shapes]
+            speeds = [speed_row(root, shape, args) for shape in shapes]
             sizes = [[f"{cell} {layers}x{size}", *size_row(root, (cell, layers, size))] for cell, layers, size in shapes]
             scores = (score_rows(driver, root, args.checkpoint, args.text.read_text()[-SCORED_CHARS:])
                       if args.checkpoint else None)
