@@ -65,6 +65,7 @@ class Job:
         self.texts: list[list[str]] = [[] for _ in range(num_samples)]
         self.done = [False] * num_samples
         self.chars: list[str] = []  # the vocabulary, set by begin
+        self.items = False          # whether a sample can end at an item's end, set by begin
         self.tails = [""] * num_samples
         self.steps, self.sent, self.sent_at, self.cancelled, self.finished = 0, 0, 0.0, False, False
         self._noise, self._noise_at = np.zeros((0, 0)), 0
@@ -73,6 +74,7 @@ class Job:
     def begin(self, chars: list[str], shown_prime: str) -> None:
         """Set the vocabulary, and where a stop string may begin: in the prime, as the model reads it."""
         self.chars, stop = chars, self.config.stop or ""
+        self.items = END in chars
         self.tails = [shown_prime[-(len(stop) - 1):] if len(stop) > 1 else ""] * self.num_samples
 
     @property
@@ -81,6 +83,12 @@ class Job:
         no top-k or top-p. Such jobs draw their noise in blocks and are picked together (Lane)."""
         c = self.config
         return self.num_samples == 1 and c.temperature > 0 and c.top_k is None and c.top_p is None
+
+    @property
+    def counted(self) -> bool:
+        """A Gumbel job that ends only at its length (no stop string, no items): its steps need no
+        look one by one, so Lane records them in bulk."""
+        return self.gumbel and not self.config.stop and not self.items
 
     def noise(self, vocab_size: int) -> np.ndarray:
         """The next step's Gumbel noise (V,). Drawn NOISE_BLOCK steps at a time: numpy's Generator
@@ -115,6 +123,17 @@ class Job:
                 self.tails[i] = (self.tails[i] + char)[-len(stop):]
                 self.done[i] = self.tails[i] == stop
         self.steps += 1
+        self.report()
+
+    def extend(self, picks: np.ndarray, report: bool = True) -> None:
+        """Record several steps' characters of a counted job at once (Lane's bulk path)."""
+        self.texts[0].extend(map(self.chars.__getitem__, picks.tolist()))
+        self.steps += len(picks)
+        if report:
+            self.report()
+
+    def report(self) -> None:
+        """Decide whether the job is finished, and send the news when it is or an event is due."""
         self.finished = self.steps >= self.config.length or all(self.done)
         now = time.perf_counter() if self.stream else 0.0
         if self.finished or (self.stream and (self.sent == 0 or now - self.sent_at >= EVENT_INTERVAL)):
@@ -139,7 +158,15 @@ class Member:
 
 
 class Lane:
-    """Jobs sharing one NumpyStep stream, their rows one after another."""
+    """Jobs sharing one NumpyStep stream, their rows one after another.
+
+    Most requests are one sample at a temperature (Job.gumbel). Their draws are made together, one
+    argmax over their rows, each row with its own job's noise; those that end only at their length
+    (Job.counted) are recorded as a (steps, jobs) array, read out only when a job has news to send.
+    Every other job draws and takes its characters itself.
+    """
+
+    HISTORY = 256  # steps recorded before the counted jobs are caught up
 
     def __init__(self, step: NumpyStep, members: list[Member]):
         self.members, self.jobs = members, [m.job for m in members]
@@ -149,32 +176,103 @@ class Lane:
         self.drawn = np.concatenate([m.drawn for m in members])  # (rows,)
         bounds = np.cumsum([0] + [m.job.num_samples for m in members]).tolist()
         self.slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
-        self.rows = bounds[-1]
-        self.gumbel = [(job, rows.start) for job, rows in zip(self.jobs, self.slices) if job.gumbel]
+        self.rows, self.ended = bounds[-1], False
         self.others = [(job, rows) for job, rows in zip(self.jobs, self.slices) if not job.gumbel]
+        gumbel = [(job, rows.start) for job, rows in zip(self.jobs, self.slices) if job.gumbel]
+        self.gumbel = [job for job, _ in gumbel]
+        self.gumbel_rows = as_index([row for _, row in gumbel])
+        vocab_size = len(self.jobs[0].chars)
+        self.noise = np.zeros((len(gumbel), NOISE_BLOCK, vocab_size))  # each Gumbel job's block, and where it is
+        self.noise_at = np.full(len(gumbel), NOISE_BLOCK)
+        for g, job in enumerate(self.gumbel):
+            if job._noise_at < len(job._noise):
+                self.noise[g], self.noise_at[g] = job._noise, job._noise_at
+        self.fresh_for = 0  # steps till a block runs out: numpy calls per step cost microseconds
+        self.taking = [(job, g) for g, job in enumerate(self.gumbel) if not job.counted]
+        self.counted = [job for job in self.gumbel if job.counted]
+        self.counted_at = as_index([g for g, job in enumerate(self.gumbel) if job.counted])
+        self.history = np.zeros((self.HISTORY, len(self.counted)), np.intp)
+        self.recorded, self.read = 0, np.zeros(len(self.counted), np.intp)  # steps recorded; read by each
+        self.steps = 0  # since the lane was made; the counted jobs end at these, or send news at these times:
+        self.ends = np.array([job.config.length - job.steps for job in self.counted])
+        self.due = np.array([job.sent_at + EVENT_INTERVAL if job.stream else np.inf for job in self.counted])
+        self.next_end, self.next_due = min(self.ends, default=0), min(self.due, default=0.0)
 
     def advance(self) -> None:
-        """Move the stream on by the characters drawn last, then draw each job's next ones: the
-        one-row Gumbel jobs' in one argmax, as each would alone (the same sums, row by row)."""
+        """Move the stream on by the characters drawn last, then draw each job's next ones. A
+        job that leaves (finished or cancelled) moves on unseen till the rebuild."""
         logits = self.stream(self.drawn)
-        # a leaving job's rows move on, unseen, till the rebuild
-        picking = [(job, row) for job, row in self.gumbel if job.active]
-        if picking:
-            rows = [row for _, row in picking]
-            noise = np.stack([job.noise(logits.shape[1]) for job, _ in picking])
-            picks = (logits[rows] + noise).argmax(1)
-            self.drawn[rows] = picks
-            for (job, _), pick in zip(picking, picks.tolist()):
-                job.take([job.chars[pick]])
+        if self.gumbel:
+            if not self.fresh_for:
+                self.refill()
+            # the same sums as Job.next's, row by row
+            picks = (logits[self.gumbel_rows] + self.noise[np.arange(len(self.gumbel)), self.noise_at]).argmax(1)
+            self.noise_at += 1
+            self.fresh_for -= 1
+            self.drawn[self.gumbel_rows] = picks
+            if self.counted:
+                self.record(picks[self.counted_at])
+            for job, g in self.taking:
+                if job.active:
+                    job.take([job.chars[picks[g]]])
+                    self.ended |= job.finished
         for job, rows in self.others:
             if job.active:
                 self.drawn[rows] = job.next(logits[rows])
+                self.ended |= job.finished
+
+    def refill(self) -> None:
+        """A new noise block for each Gumbel job that has used its own up, as Job.noise draws it."""
+        for g in np.flatnonzero(self.noise_at == NOISE_BLOCK).tolist():
+            job = self.gumbel[g]
+            self.noise[g] = job.generator.gumbel(0.0, job.config.temperature, self.noise.shape[1:])
+            self.noise_at[g] = 0
+        self.fresh_for = NOISE_BLOCK - int(self.noise_at.max())
+
+    def record(self, picks: np.ndarray) -> None:
+        """The counted jobs' characters of this step; a job reads them out when it has news."""
+        self.history[self.recorded] = picks
+        self.recorded += 1
+        self.steps += 1
+        now = time.perf_counter()
+        if self.steps >= self.next_end or now >= self.next_due:
+            self.report(now)
+        if self.recorded == self.HISTORY:
+            self.catch_up()
+
+    def report(self, now: float) -> None:
+        """Each counted job that has ended or has an event due reads out its steps and sends them."""
+        for k in np.flatnonzero((self.ends <= self.steps) | (self.due <= now)).tolist():
+            job = self.counted[k]
+            if job.active:
+                job.extend(self.history[self.read[k]:self.recorded, k])
+                self.ended |= job.finished
+            self.read[k] = self.recorded
+            if job.active:
+                self.due[k] = job.sent_at + EVENT_INTERVAL if job.stream else np.inf
+            else:  # gone: the rebuild drops it
+                self.ends[k], self.due[k] = np.iinfo(self.ends.dtype).max, np.inf
+        self.next_end, self.next_due = self.ends.min(), self.due.min()
+
+    def catch_up(self) -> None:
+        """Give every counted job the steps it has not read, without news, and empty the record."""
+        for k, job in enumerate(self.counted):
+            job.extend(self.history[self.read[k]:self.recorded, k], report=False)
+        self.recorded, self.read[:] = 0, 0
 
     def remaining(self) -> list[Member]:
-        """The jobs still running, each with its state and last characters (copies)."""
+        """The jobs still running, each with its state, noise and last characters (copies)."""
+        self.catch_up()
+        for g, job in enumerate(self.gumbel):
+            job._noise, job._noise_at = self.noise[g].copy(), int(self.noise_at[g])
         state = self.stream.state()
         return [Member(m.job, tuple(s[:, rows] for s in state), self.drawn[rows].copy())
                 for m, rows in zip(self.members, self.slices) if m.job.active]
+
+
+def as_index(positions: list[int]) -> slice | np.ndarray:
+    """Positions as an index: a slice where they are 0, 1, 2, ... (a view, cheaper to read)."""
+    return slice(0, len(positions)) if positions == list(range(len(positions))) else np.array(positions, np.intp)
 
 
 class Batcher:
@@ -187,6 +285,7 @@ class Batcher:
         self.lanes: list[Lane] = []
         self.thread = threading.Thread(target=self._run, name="charrnn-batcher", daemon=True)
         self.error: str | None = None
+        self.cancels = False  # whether a job was cancelled since the last look
         self.primed: OrderedDict[tuple, tuple] = OrderedDict()  # (prime, skip, rows) -> (logits, state)
 
     def start(self) -> None:
@@ -197,6 +296,10 @@ class Batcher:
             job.fail(self.error)
         else:
             self.incoming.put(job)
+
+    def cancel(self, job: Job) -> None:
+        """The client left (or was answered): the job's rows leave the batch at the next step."""
+        job.cancelled, self.cancels = True, True
 
     def stop(self) -> None:
         """End the worker after its current step; jobs still running hear no more."""
@@ -237,7 +340,9 @@ class Batcher:
                     governor()
                 for lane in self.lanes:
                     lane.advance()
-                self.lanes = self._leave()
+                if self.cancels or any(lane.ended for lane in self.lanes):
+                    self.cancels = False  # before the look: a cancel from now on is seen next step
+                    self.lanes = self._leave()
 
     def _admit(self, block: bool) -> bool:
         """Take in the jobs submitted since the last step (waiting for one when idle); False: stop."""

@@ -247,7 +247,7 @@ class Server:
                 while not (await news.get())[1]:
                     pass
             finally:
-                job.cancelled = True  # no-op once finished; frees the rows if this handler is cancelled
+                self.batcher.cancel(job)  # no-op once finished; frees the rows if this handler is cancelled
             if job.error:
                 return JSONResponse({"error": job.error, "field": None}, status_code=500)
             return JSONResponse(totals())
@@ -266,7 +266,7 @@ class Server:
                         yield f"event: {name}\ndata: {json.dumps(end, ensure_ascii=False)}\n\n"
                         return
             finally:
-                job.cancelled = True  # the client left: its rows leave the batch at the next step
+                self.batcher.cancel(job)  # the client left: its rows leave the batch at the next step
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
