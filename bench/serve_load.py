@@ -5,8 +5,9 @@ Starts `python -m charrnn.serve` on a free loopback port and talks to it with re
 (`"stream": true`); a round starts N clients at once and ends when all are done. Per round: total
 characters per second (all clients' characters over the round's wall time) and every client's
 time to first character (from sending the request to reading the first text event). The
-in-process rates are bench/sampling.py's, measured in the same run: generate() with one stream
-and with --num-samples 32 (and 8, for the 8 clients). Then all of it again beside one busy process
+in-process rates are bench/sampling.py's measures, taken in the same run, each right before the
+server's round of the same size: generate() with one stream and with --num-samples 32 (and 8, for
+the 8 clients); both sides are the median of their rounds. Then all of it again beside one busy process
 (`while True: pass`). The 32 clients share one prime, as a chat bot's or a name generator's do
 (the server makes its forward pass once); a last round gives each its own.
 
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sampling import charrnn_chars_per_sec, one_step_checkpoint, speeds
+from sampling import charrnn_chars_per_sec, one_step_checkpoint
 
 import charrnn
 
@@ -107,22 +108,28 @@ def load_round(port: int, clients: int, length: int, seed: int, distinct: bool =
 
 
 def measure(port: int, model, length: int, repeats: int) -> dict:
-    """In-process rates (bench/sampling.py) and the server's, 1, 8 and 32 clients."""
-    row = {}
+    """The server's rates, 1, 8 and 32 clients, each beside its in-process rate (bench/sampling.py's
+    measures), the two interleaved round by round so that the machine's drift falls on both; the
+    median of each."""
+    net, vocab = model.net, model.vocab
+    inprocess = {1: lambda: charrnn_chars_per_sec(net, vocab, 20_000, 1),
+                 8: lambda: charrnn_chars_per_sec(net, vocab, 10_000, 8),
+                 32: lambda: charrnn_chars_per_sec(net, vocab, 20_000 // 32 * 4, 32)}
     load_round(port, 4, 50, seed=0)  # warm up: the worker thread's first torch call sets up its threads
-    inproc = speeds(model.net, model.vocab, 20_000, 32, repeats)
-    row["inprocess_1"], row["inprocess_32"] = inproc["single_stream_chars_per_sec"], inproc["batch32_chars_per_sec"]
-    row["inprocess_8"] = max(charrnn_chars_per_sec(model.net, model.vocab, 10_000, 8) for _ in range(repeats))
-    for clients in (*CLIENTS, "32d"):
-        rates, firsts = [], []
-        for r in range(repeats):
-            rate, ttfc = load_round(port, int(str(clients).rstrip("d")), length, seed=1000 * r,
-                                    distinct=str(clients).endswith("d"))
-            rates.append(rate)
-            firsts += ttfc
-        row[f"server_{clients}"] = statistics.median(rates)
-        row[f"ttfc_median_ms_{clients}"] = 1000 * statistics.median(firsts)
-        row[f"ttfc_p99_ms_{clients}"] = 1000 * float(np.percentile(firsts, 99))
+    kinds = (*CLIENTS, "32d")  # "32d": 32 clients, each with its own prime
+    local, served, firsts = {n: [] for n in inprocess}, {k: [] for k in kinds}, {k: [] for k in kinds}
+    for r in range(repeats):
+        for kind in kinds:
+            if kind in inprocess:
+                local[kind].append(inprocess[kind]())
+            rate, ttfc = load_round(port, int(str(kind).rstrip("d")), length, seed=1000 * r, distinct=kind == "32d")
+            served[kind].append(rate)
+            firsts[kind] += ttfc
+    row = {f"inprocess_{n}": statistics.median(rates) for n, rates in local.items()}
+    for kind in kinds:
+        row[f"server_{kind}"] = statistics.median(served[kind])
+        row[f"ttfc_median_ms_{kind}"] = 1000 * statistics.median(firsts[kind])
+        row[f"ttfc_p99_ms_{kind}"] = 1000 * float(np.percentile(firsts[kind], 99))
     return row
 
 
@@ -220,7 +227,7 @@ def main() -> None:
         c = model.net.config
         print(f"model {c.model} {c.num_layers}x{c.rnn_size}, torch {torch.__version__}, numpy {np.__version__}, "
               f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), {args.length} characters "
-              f"a client, median of {args.repeats} rounds (in-process: best of {args.repeats})")
+              f"a client, median of {args.repeats} rounds, in-process rates interleaved")
         proc, port = start_server(model.path, *(["--exact"] if args.exact else []), "--max-concurrent", "64")
         try:
             rows = {"as found": measure(port, model, args.length, args.repeats)}
