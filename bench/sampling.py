@@ -11,7 +11,10 @@ the floor's.
 
 Uses --checkpoint if given; otherwise trains the default model for one step on the benchmark
 corpus (speed does not depend on what the weights are). Beside charrnn it times the naive loop a
-user would write first: one nn.LSTM call and one torch.multinomial per character. The time to
+user would write first: one nn.LSTM call and one torch.multinomial per character. Through the
+command: `generate.py` as a user runs it, its output read from a pseudo-terminal, start-up left out
+by timing a run of --length characters and one of a tenth of that; each such pair is taken right
+after a floor measure of its own, and the median of the ratios is shown. The time to
 first character runs `generate.py` in a child process and reads its output until the first
 generated character arrives: interpreter start-up, imports, checkpoint load and the prime.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pty
 import statistics
 import subprocess
 import sys
@@ -89,6 +93,34 @@ def naive_chars_per_sec(model, vocab, length: int) -> float:
     return length / (time.perf_counter() - start)
 
 
+def command_seconds(path: Path, length: int, num_samples: int) -> float:
+    """Wall seconds of `generate.py` making `num_samples` samples of `length` characters, its
+    output read from a pseudo-terminal, as a user's terminal would show it."""
+    cmd = [sys.executable, str(REPO / "generate.py"), "--checkpoint", str(path), "--prime", PRIME,
+           "--length", str(length), "--seed", "0", "--temperature", "1", "--num-samples", str(num_samples)]
+    reader, writer = pty.openpty()
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=writer, stderr=subprocess.DEVNULL)
+    os.close(writer)
+    try:
+        while os.read(reader, 1 << 16):
+            pass
+    except OSError:  # EIO: the child has closed the terminal
+        pass
+    finally:
+        os.close(reader)
+    if child.wait():
+        raise SystemExit(f"{' '.join(cmd)} failed")
+    return time.perf_counter() - start
+
+
+def command_chars_per_sec(path: Path, length: int, num_samples: int) -> float:
+    """`generate.py`'s characters per second through the command, start-up left out: a run of
+    `length` characters a sample less one of a tenth of that, over the characters between them."""
+    short, long = command_seconds(path, length // 10, num_samples), command_seconds(path, length, num_samples)
+    return (length - length // 10) * num_samples / (long - short)
+
+
 def time_to_first_char(path: Path) -> float:
     """Seconds from launching generate.py until its first generated character can be read."""
     cmd = [sys.executable, str(REPO / "generate.py"), "--checkpoint", str(path), "--prime", PRIME,
@@ -142,6 +174,13 @@ def main() -> None:
             return statistics.median(measure() for _ in range(args.repeats))
 
         results = speeds(model, vocab, args.length, args.batch, args.repeats)
+        # through the command, beside the floor again: the floor moves with the machine between measures
+        for streams, length, key in ((1, args.length, "single_stream"),
+                                     (args.batch, max(1, args.length // args.batch) * 4, f"batch{args.batch}")):
+            runs = [(floor_chars_per_sec(c, streams), command_chars_per_sec(path, length, streams))
+                    for _ in range(args.repeats)]
+            results[f"command_{key}_x_floor"] = statistics.median(floor / command for floor, command in runs)
+            results[f"command_{key}_chars_per_sec"] = statistics.median(command for _, command in runs)
         results["naive_single_stream_chars_per_sec"] = median(lambda: naive_chars_per_sec(model, vocab, args.length // 50))
         results["time_to_first_char_s"] = median(lambda: time_to_first_char(path))
     one, many = results["single_stream_chars_per_sec"], results[f"batch{args.batch}_chars_per_sec"]
@@ -153,6 +192,11 @@ def main() -> None:
             (f"floor, {args.batch} streams (total)", f"{floor_many:,.0f} chars/s"),
             (f"charrnn, --num-samples {args.batch} (total)",
              f"{many:,.0f} chars/s ({floor_many / many:.2f}x the floor's time)"),
+            ("generate.py in a terminal, one stream", f"{results['command_single_stream_chars_per_sec']:,.0f} "
+             f"chars/s ({results['command_single_stream_x_floor']:.2f}x the floor's time)"),
+            (f"generate.py in a terminal, --num-samples {args.batch} (total)",
+             f"{results[f'command_batch{args.batch}_chars_per_sec']:,.0f} chars/s "
+             f"({results[f'command_batch{args.batch}_x_floor']:.2f}x the floor's time)"),
             ("naive nn.LSTM loop, one stream", f"{results['naive_single_stream_chars_per_sec']:,.0f} chars/s"),
             ("generate.py time to first character", f"{results['time_to_first_char_s']:.2f} s")]
     print("\n| measure | result |\n| --- | --- |")
