@@ -90,12 +90,15 @@ class Job:
         look one by one, so Lane records them in bulk."""
         return self.gumbel and not self.config.stop and not self.items
 
+    def noise_block(self, vocab_size: int) -> np.ndarray:
+        """The next NOISE_BLOCK steps' Gumbel noise (NOISE_BLOCK, V): numpy's Generator gives a
+        (K, V) block the same numbers, in the same order, as K draws of V."""
+        return self.generator.gumbel(0.0, self.config.temperature, (NOISE_BLOCK, vocab_size))
+
     def noise(self, vocab_size: int) -> np.ndarray:
-        """The next step's Gumbel noise (V,). Drawn NOISE_BLOCK steps at a time: numpy's Generator
-        gives a (K, V) block the same numbers, in the same order, as K draws of V."""
+        """The next step's Gumbel noise (V,), from the current block."""
         if self._noise_at == len(self._noise):
-            self._noise, self._noise_at = self.generator.gumbel(0.0, self.config.temperature,
-                                                                (NOISE_BLOCK, vocab_size)), 0
+            self._noise, self._noise_at = self.noise_block(vocab_size), 0
         self._noise_at += 1
         return self._noise[self._noise_at - 1]
 
@@ -180,7 +183,7 @@ class Lane:
         self.others = [(job, rows) for job, rows in zip(self.jobs, self.slices) if not job.gumbel]
         gumbel = [(job, rows.start) for job, rows in zip(self.jobs, self.slices) if job.gumbel]
         self.gumbel = [job for job, _ in gumbel]
-        self.gumbel_rows = as_index([row for _, row in gumbel])
+        self.gumbel_rows, self.gumbel_index = as_index([row for _, row in gumbel]), np.arange(len(gumbel))
         vocab_size = len(self.jobs[0].chars)
         self.noise = np.zeros((len(gumbel), NOISE_BLOCK, vocab_size))  # each Gumbel job's block, and where it is
         self.noise_at = np.full(len(gumbel), NOISE_BLOCK)
@@ -206,7 +209,7 @@ class Lane:
             if not self.fresh_for:
                 self.refill()
             # the same sums as Job.next's, row by row
-            picks = (logits[self.gumbel_rows] + self.noise[np.arange(len(self.gumbel)), self.noise_at]).argmax(1)
+            picks = (logits[self.gumbel_rows] + self.noise[self.gumbel_index, self.noise_at]).argmax(1)
             self.noise_at += 1
             self.fresh_for -= 1
             self.drawn[self.gumbel_rows] = picks
@@ -224,9 +227,7 @@ class Lane:
     def refill(self) -> None:
         """A new noise block for each Gumbel job that has used its own up, as Job.noise draws it."""
         for g in np.flatnonzero(self.noise_at == NOISE_BLOCK).tolist():
-            job = self.gumbel[g]
-            self.noise[g] = job.generator.gumbel(0.0, job.config.temperature, self.noise.shape[1:])
-            self.noise_at[g] = 0
+            self.noise[g], self.noise_at[g] = self.gumbel[g].noise_block(self.noise.shape[2]), 0
         self.fresh_for = NOISE_BLOCK - int(self.noise_at.max())
 
     def record(self, picks: np.ndarray) -> None:

@@ -389,6 +389,7 @@ function yieldToBrowser() {
 
 const SLICE_MS = 30; // work this long between yields: Stop and the page stay responsive
 const SHOW_MS = 100; // new text is shown this often: each showing lays out the text, not free
+const PROGRESS_FROM = 2000; // characters: a text this long shows a progress bar while it is read
 
 /**
  * The pace of a long loop: `await pace()` after each piece of work gives the browser a turn every
@@ -408,7 +409,6 @@ function pacer(job, show = () => {}) {
     return !job.stopped;
   };
 }
-const PROGRESS_FROM = 2000; // characters: a text this long shows a progress bar while it is read
 
 /** Show `bar` for a long read of `total` characters; returns a function that moves it to `done`. */
 function progressBar(bar, total) {
