@@ -13,8 +13,10 @@ Uses --checkpoint if given; otherwise trains the default model for one step on t
 corpus (speed does not depend on what the weights are). Beside charrnn it times the naive loop a
 user would write first: one nn.LSTM call and one torch.multinomial per character. Through the
 command: `generate.py` as a user runs it, its output read from a pseudo-terminal, start-up left out
-by timing a run of --length characters and one of a tenth of that; each such pair is taken right
-after a floor measure of its own, and the median of the ratios is shown. The time to
+by timing a run of --length characters and one of a tenth of that (for the batch, --length / 2
+characters a sample: shorter runs leave a difference of a second or two, which the start-up's own
+jitter swamps); each such pair is taken right after a floor measure of its own, and the median of
+the ratios is shown. The time to
 first character runs `generate.py` in a child process and reads its output until the first
 generated character arrives: interpreter start-up, imports, checkpoint load and the prime.
 
@@ -176,7 +178,7 @@ def main() -> None:
         results = speeds(model, vocab, args.length, args.batch, args.repeats)
         # through the command, beside the floor again: the floor moves with the machine between measures
         for streams, length, key in ((1, args.length, "single_stream"),
-                                     (args.batch, max(1, args.length // args.batch) * 4, f"batch{args.batch}")):
+                                     (args.batch, max(1, args.length // 2), f"batch{args.batch}")):
             runs = [(floor_chars_per_sec(c, streams), command_chars_per_sec(path, length, streams))
                     for _ in range(args.repeats)]
             results[f"command_{key}_x_floor"] = statistics.median(floor / command for floor, command in runs)

@@ -11,8 +11,8 @@ then draws each character with `sample.draw` from its own `np.random.default_rng
 of a stream of its own rows. Here each request keeps its own Generator and draws on its own rows
 only, with the same calls, so it consumes the same random numbers whatever runs beside it; its
 prime is the same torch forward, alone. What can differ is the logits: BLAS rounds a 32-row
-product differently in the last bits from a 1-row one, and NumpyStep uses another (equal in
-exact arithmetic) LSTM formula from 4 rows up. A draw can change only where two characters'
+product differently in the last bits from a 1-row one (and from 4 rows up an LSTM's stream
+multiplies W x, not x W). A draw can change only where two characters'
 scores lie within that rounding of each other (bench/RESULTS.md counts how often that was seen).
 `exact=True` removes even that: each request gets a stream of its own rows, so every operation is
 the one `generate` makes, bit for bit, at about one stream's speed in total.
@@ -333,7 +333,7 @@ class Batcher:
         governor, batch = ThreadGovernor(os.cpu_count() or 1, interval=0.5, apply=blas_threads), False
         with threadpool_limits(limits=1, user_api="blas"):  # restores the process's own on the way out
             while self._admit(block=not self.lanes):
-                wide = sum(lane.rows for lane in self.lanes) >= NumpyStep.EXP_ROWS
+                wide = sum(lane.rows for lane in self.lanes) >= NumpyStep.WIDE_ROWS
                 if wide != batch:  # a few rows: one thread; a batch: the governor's last choice
                     batch = wide
                     blas_threads(governor.threads if wide else 1)

@@ -6,6 +6,8 @@ G gate blocks per layer. The hidden state is always a tuple: (h,) or, for an LST
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -123,13 +125,14 @@ class NumpyStep:
       at the floor's size otherwise: one over a layer's stacked [x, h] is no faster, and past
       that size OpenBLAS starts threads, which on a busy machine cost 3x.
     - sigmoid(x) = (1 + tanh(x / 2)) / 2: with the sigmoid gates' weights and biases halved, one
-      tanh call serves every gate. With many rows (EXP_ROWS) the cost per element counts instead,
-      and numpy's exp costs half its tanh: there sigmoid(x) = 1 / (1 + exp(-x)) and
-      tanh(z) = 2 sigmoid(2z) - 1 serve from the same halved pre-activations.
+      tanh call serves every gate.
     - PyTorch stacks the gate blocks in `GATE_ORDER`; here the columns are reordered (LSTM: i, f,
-      o, g) so that gates sharing an operation are adjacent. With few rows the LSTM's c sits right
-      after g: one product gives [sigmoid(i) g, sigmoid(f) c] at once. With many, whole-width
-      operations need contiguous arrays (4x faster than on a slice of a wider buffer), so c is apart.
+      o, g) so that gates sharing an operation are adjacent, and the LSTM's c sits right after g:
+      one product gives [sigmoid(i) g, sigmoid(f) c] at once.
+    - An LSTM stream of many rows (WIDE_ROWS) lays its buffers out transposed, features by rows,
+      and makes W x rather than x W: then each gate's block is a contiguous (H, N) array, where
+      numpy's elementwise operations on a column slice of an (N, 5H) buffer cost 2-3x as much.
+      The weights it reads are transposed copies (`turned`), made once.
     - The LSTM keeps 2h instead of h (that saves a halving a layer) and every weight that reads it
       is halved to match. Scaling by powers of two is exact: nothing rounds differently.
 
@@ -142,7 +145,7 @@ class NumpyStep:
     form, for sampling loops. A model with labels takes each row's label, `labels` (N,).
     """
 
-    EXP_ROWS = 4  # from this many rows on, an LSTM computes its gates with exp instead of tanh
+    WIDE_ROWS = 4  # from this many rows on, an LSTM's stream is laid out transposed
 
     def __init__(self, model: CharRNN):
         cfg, rnn = model.config, model.rnn
@@ -182,6 +185,16 @@ class NumpyStep:
             self.last = np.ascontiguousarray(np.concatenate([w_hh, head.cpu().numpy().T], 1))
             self.layers[-1].append(None)
 
+    @functools.cached_property
+    def turned(self) -> tuple[list, np.ndarray]:
+        """The layers' weights and the last product's, transposed into contiguous copies, for wide
+        streams: BLAS multiplies by a copy faster than by a transposed view (15-50% at 8-64 rows)."""
+        def turn(w: np.ndarray | None) -> np.ndarray | None:
+            return None if w is None else np.ascontiguousarray(w.T)
+
+        layers = [[None if k == 0 else turn(w_in), turn(w_hh)] for k, (w_in, w_hh) in enumerate(self.layers)]
+        return layers, turn(self.last)
+
     def __call__(self, idx: np.ndarray, state: NumpyState, labels: np.ndarray | None = None
                  ) -> tuple[np.ndarray, NumpyState]:
         """idx (N,) and a state -> logits (N, V) and the next state."""
@@ -204,38 +217,57 @@ class NumpyStep:
             rows, f32 = state[0].shape[1], np.float32
             if (labels is None) != (step.label_table is None):
                 raise ValueError("a model trained with labels needs one per row, and one without takes none")
-            # each row's label share of the first layer's input product: (N, G*H)
-            self.label_rows = None if labels is None else step.label_table[np.asarray(labels)]
             g, w = len(GATE_ORDER[cell]) * n, n + 1
-            self.cell, self.table, self.exp, self.one = cell, step.layers[0][0], rows >= step.EXP_ROWS, rows == 1
-            self.hs = np.zeros((rows, layers * w), f32)    # [h_0, 1, h_1, 1, ...]; 2h for an LSTM
-            self.hs[:, n::w] = 1.0
-            h = [self.hs[:, k * w:k * w + n] for k in range(layers)]
-            h1 = [self.hs[:, k * w:(k + 1) * w] for k in range(layers)]  # [h, 1]
-            out = np.empty((rows, step.last.shape[1]), f32)  # the last layer's next share, logits
-            self.h, self.last, self.logits = h, (h1[-1], step.last, out), out[:, g:]
+            wide = cell == "lstm" and rows >= step.WIDE_ROWS
+
+            def buffer(size: int) -> np.ndarray:
+                """`size` features a row: (size, N) if wide, else (N, size)."""
+                return np.empty((size, rows) if wide else (rows, size), f32)
+
+            def part(a: np.ndarray, start: int, stop: int) -> np.ndarray:
+                """Features start:stop of a buffer."""
+                return a[start:stop] if wide else a[:, start:stop]
+
+            def by_rows(a: np.ndarray) -> np.ndarray:
+                """A buffer seen as (N, size), or a (1, size) operand as the buffer's layout needs it."""
+                return a.T if wide else a
+
+            def product(a: np.ndarray, weight: np.ndarray | None) -> tuple:
+                """The operands of a @ weight, a a buffer, in the order that writes a buffer (wide:
+                the weight is already turned)."""
+                return (None, None) if weight is None else (weight, a) if wide else (a, weight)
+
+            weights, last = step.turned if wide else (step.layers, step.last)
+            # each row's label share of the first layer's input product: (N, G*H), or (G*H, N) if wide
+            self.label_rows = None if labels is None else np.ascontiguousarray(
+                by_rows(step.label_table[np.asarray(labels)]))
+            self.cell, self.table, self.one = cell, step.layers[0][0], rows == 1
+            self.lookup = np.empty((rows, g), f32)  # the table's rows for a step
+            self.looked = by_rows(self.lookup)
+            self.hs = buffer(layers * w)            # [h_0, 1, h_1, 1, ...]; 2h for an LSTM
+            by_rows(self.hs)[:, n::w] = 1.0
+            h = [part(self.hs, k * w, k * w + n) for k in range(layers)]
+            h1 = [part(self.hs, k * w, (k + 1) * w) for k in range(layers)]  # [h, 1]
+            out = buffer(step.last.shape[1])        # the last layer's next share, logits
+            self.h = [by_rows(x) for x in h]        # (N, H) views, as load and state read them
+            self.last, self.logits = (*product(h1[-1], last), out), by_rows(part(out, g, out.size))
             # array operands: a Python float costs a conversion on every call
-            self.ones, self.halves = np.ones((1, 3 * n), f32), np.full((1, 2 * n), 0.5, f32)
-            self.numerators = np.repeat(np.array([[1, 2]], f32), 2 * n, axis=1)  # i, f | o, g
-            tmp = np.empty((rows, n), f32)
+            self.ones, self.halves = by_rows(np.ones((1, 3 * n), f32)), by_rows(np.full((1, 2 * n), 0.5, f32))
+            tmp = buffer(n)
             self.layers, self.c, self.shares = [], [], []
-            for k, (w_in, w_hh) in enumerate(step.layers):
+            for k, (w_in, w_hh) in enumerate(weights):
                 x = None if k == 0 else h1[k - 1]
-                gh = out[:, :g] if w_hh is None else np.empty((rows, g), f32)  # the hidden state's share
+                gh = part(out, 0, g) if w_hh is None else buffer(g)  # the hidden state's share
                 hh = h1[k] if cell == "gru" or w_hh is None else h[k]  # [h, 1] where a bias row follows
-                self.shares.append((hh, w_hh, gh))
-                if cell == "lstm" and not self.exp:
-                    pre = np.empty((rows, 5 * n), f32)  # i, f, o, g, then c
-                    prod = np.empty((rows, 2 * n), f32)
-                    self.c.append(pre[:, 4 * n:])
-                    self.layers.append((x, w_in, pre[:, :g], gh, h[k], hh, w_hh, pre[:, :2 * n], pre[:, :3 * n],
-                                        pre[:, 3 * n:], prod, prod[:, :n], prod[:, n:], pre[:, 4 * n:], tmp,
-                                        pre[:, 2 * n:3 * n]))
-                elif cell == "lstm":
-                    pre, c = np.empty((rows, g), f32), np.empty((rows, n), f32)
-                    self.c.append(c)
-                    self.layers.append((x, w_in, pre, gh, h[k], hh, w_hh, c, pre[:, :n], pre[:, n:2 * n],
-                                        pre[:, 2 * n:3 * n], pre[:, 3 * n:], tmp))
+                self.shares.append((*product(hh, w_hh), gh))
+                if cell == "lstm":
+                    pre, prod = buffer(5 * n), buffer(2 * n)  # i, f, o, g, then c
+                    self.c.append(by_rows(part(pre, 4 * n, 5 * n)))
+                    inputs = (None, None) if x is None else product(x, w_in)
+                    self.layers.append((*inputs, part(pre, 0, g), gh, h[k],
+                                        *product(hh, w_hh), part(pre, 0, 2 * n), part(pre, 0, 3 * n),
+                                        part(pre, 3 * n, 5 * n), prod, part(prod, 0, n), part(prod, n, 2 * n),
+                                        part(pre, 4 * n, 5 * n), tmp, part(pre, 2 * n, 3 * n)))
                 elif cell == "gru":
                     pre = np.empty((rows, g), f32)
                     self.layers.append((x, w_in, pre, gh, h[k], hh, w_hh, pre[:, :2 * n], gh[:, :2 * n],
@@ -250,8 +282,8 @@ class NumpyStep:
                 np.multiply(state[0][k], 2.0 if self.cell == "lstm" else 1.0, out=h)
             for k, c in enumerate(self.c):
                 c[...] = state[1][k]
-            for h1, w_hh, gh in self.shares[:-1]:  # each layer's share of the next step
-                np.matmul(h1, w_hh, out=gh)
+            for a, b, share in self.shares[:-1]:  # each layer's share of the next step
+                np.matmul(a, b, out=share)
             np.matmul(*self.last[:2], out=self.last[2])
 
         def state(self) -> NumpyState:
@@ -262,20 +294,27 @@ class NumpyStep:
             h *= 0.5
             return h, np.stack(self.c)
 
+        def first_share(self, idx: np.ndarray) -> np.ndarray:
+            """The first layer's input share of the step: the table's row of each character."""
+            if self.one:
+                return self.table[idx[0]]
+            np.take(self.table, idx, 0, out=self.lookup, mode="clip")  # clip, not raise: that copies via a buffer
+            return self.looked
+
         def __call__(self, idx: np.ndarray) -> np.ndarray:
             """idx (N,) -> logits (N, V); the state moves on by one character."""
-            matmul, add, multiply, tanh, table, one = np.matmul, np.add, np.multiply, np.tanh, self.table, self.one
+            matmul, add, multiply, tanh = np.matmul, np.add, np.multiply, np.tanh
             labels = self.label_rows
             # each layer: pre-activations, the input's share (a table row, or a product) plus the
             # hidden state's (made by the last call); the new state; the next call's share
-            if self.cell == "lstm" and not self.exp:
-                for x, w_in, pre, gh, h, hh, w_hh, if_, ifo, gc, prod, p0, p1, c, tmp, o in self.layers:
-                    if x is None:
-                        add(gh, table[idx[0]] if one else table.take(idx, 0), out=pre)
+            if self.cell == "lstm":
+                for x_a, x_b, pre, gh, h, hh_a, hh_b, if_, ifo, gc, prod, p0, p1, c, tmp, o in self.layers:
+                    if x_a is None:
+                        add(gh, self.first_share(idx), out=pre)
                         if labels is not None:
                             add(pre, labels, out=pre)
                     else:
-                        add(matmul(x, w_in, out=pre), gh, out=pre)
+                        add(matmul(x_a, x_b, out=pre), gh, out=pre)
                     tanh(pre, out=pre)
                     add(ifo, self.ones, out=ifo)          # 2 sigmoid for i, f, o
                     multiply(if_, self.halves, out=if_)   # sigmoid for i, f
@@ -283,34 +322,12 @@ class NumpyStep:
                     add(p0, p1, out=c)                    # c' = sigmoid(i) g + sigmoid(f) c
                     tanh(c, out=tmp)
                     multiply(o, tmp, out=h)               # 2h' = 2 sigmoid(o) tanh(c')
-                    if w_hh is not None:
-                        matmul(hh, w_hh, out=gh)
-            elif self.cell == "lstm":
-                for x, w_in, pre, gh, h, hh, w_hh, c, i, f, o, g, tmp in self.layers:
-                    if x is None:  # clip, not raise: that would copy through a buffer
-                        add(np.take(table, idx, 0, out=pre, mode="clip"), gh, out=pre)
-                        if labels is not None:
-                            add(pre, labels, out=pre)
-                    else:
-                        add(matmul(x, w_in, out=pre), gh, out=pre)
-                    # pre-activations are a = x / 2 for i, f, o and z for g
-                    multiply(pre, -2.0, out=pre)
-                    with np.errstate(over="ignore"):      # exp(-2a) = inf is right: sigmoid 0
-                        np.exp(pre, out=pre)
-                    add(pre, 1.0, out=pre)
-                    np.divide(self.numerators, pre, out=pre)  # sigmoid(i, f); 2 sigmoid(o), 2 sigmoid(2z)
-                    np.subtract(g, 1.0, out=g)            # tanh(z)
-                    multiply(f, c, out=c)
-                    multiply(i, g, out=tmp)
-                    add(c, tmp, out=c)                    # c' = sigmoid(f) c + sigmoid(i) g
-                    tanh(c, out=tmp)
-                    multiply(o, tmp, out=h)               # 2h' = 2 sigmoid(o) tanh(c')
-                    if w_hh is not None:
-                        matmul(hh, w_hh, out=gh)
+                    if hh_b is not None:
+                        matmul(hh_a, hh_b, out=gh)
             elif self.cell == "gru":
                 for x, w_in, pre, gh, h, hh, w_hh, rz, gh_rz, r, z, xn, hn, tmp in self.layers:
                     if x is None:
-                        np.copyto(pre, table[idx[0]] if one else table.take(idx, 0))
+                        np.copyto(pre, self.first_share(idx))
                         if labels is not None:
                             add(pre, labels, out=pre)
                     else:
@@ -330,7 +347,7 @@ class NumpyStep:
             else:
                 for x, w_in, pre, gh, h, hh, w_hh in self.layers:
                     if x is None:
-                        add(gh, table[idx[0]] if one else table.take(idx, 0), out=pre)
+                        add(gh, self.first_share(idx), out=pre)
                         if labels is not None:
                             add(pre, labels, out=pre)
                     else:
