@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from charrnn import checkpoint, corpus, data, distributed, items, rng, sizing
-from charrnn.config import TrainConfig
+from charrnn.config import REGULARISATION, TrainConfig
 from charrnn.device import ThreadGovernor, autocast_dtype, pick_device, set_threads
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, grow_vocab
@@ -65,7 +65,8 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
             if base:  # the network's shape is the base model's
                 config = config.with_options(**{name: getattr(base.model.config, name) for name in SHAPE})
             trainer = build(config, world, base=base, overwrite=overwrite,
-                            size_for_budget=base is None and sizing.wanted(config, overrides))
+                            size_for_budget=base is None and sizing.wanted(config, overrides),
+                            regularise=not REGULARISATION.keys() & (overrides or {}).keys())
         if world.is_main:
             trainer.run_dir.start(asdict(trainer.config))
         trainer.callbacks.extend(callbacks)
@@ -76,7 +77,7 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
 
 def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | None = None,
           base: Base | None = None, run_dir: Path | None = None,
-          overwrite: bool = False, size_for_budget: bool = False) -> Trainer:
+          overwrite: bool = False, size_for_budget: bool = False, regularise: bool = False) -> Trainer:
     """Set up the process and build a Trainer: the one place with process-wide side effects."""
     device = pick_device(config.device)
     if device.type == "cuda" and world.active:
@@ -95,7 +96,8 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
         raise CharRNNError("--init-from names a model of items; fine-tune it on a list with --items")
     split = item_split(config, source, known) if items.wanted(config) else stream_split(config, source, known)
     if size_for_budget:
-        config, why = sizing.size_for_budget(config, split.train_chars, len(split.vocab), device, amp, world)
+        config, why = sizing.size_for_budget(config, split.train_chars, len(split.vocab), device, amp, world,
+                                             regularise)
         if why and world.is_main:
             print(why, flush=True)
     rng.seed_everything(config.seed + world.rank)  # ranks draw different dropout masks

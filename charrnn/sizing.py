@@ -5,7 +5,9 @@ Why: on a fixed budget a small model wins when it can see the text few times, an
 has seen it often enough to overfit (a 2x256 LSTM stops improving on tinyshakespeare after about
 ten passes, bench/RESULTS.md). How many passes a budget buys depends on the machine (2-3x between
 CPU generations, up to 1.8x more where the CPU has bf16 instructions) and on the corpus, so the
-choice is made from a measured speed, not from the budget alone.
+choice is made from a measured speed, not from the budget alone. When even the chosen shape would
+see the text many times (a small corpus, or a long budget), the run adds DropConnect and averaged
+weights (config.REGULARISATION), which let it keep improving where it would overfit.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from charrnn.config import MIN_PASSES, SIZE_LADDER, ModelConfig, TrainConfig
+from charrnn.config import MIN_PASSES, REGULARISATION, REGULARISE_PASSES, SIZE_LADDER, ModelConfig, TrainConfig
 from charrnn.distributed import World, sum_all
 from charrnn.model import CharRNN
 
@@ -54,28 +56,36 @@ def chars_per_second(config: TrainConfig, vocab_size: int, device: torch.device,
 
 
 def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, device: torch.device,
-                    amp: torch.dtype | None, world: World = World()) -> tuple[TrainConfig, str]:
-    """The config with the largest affordable shape of SIZE_LADDER, and a line saying why ('' if untimed)."""
-    start, chosen, passes = time.perf_counter(), config, []  # passes: each timed shape's, to report
-    for layers, size, dropout in SIZE_LADDER[1:]:
+                    amp: torch.dtype | None, world: World = World(), regularise: bool = True) -> tuple[TrainConfig, str]:
+    """The config with the largest affordable shape of SIZE_LADDER, and a line saying why. With
+    `regularise`, a shape that the budget gives REGULARISE_PASSES or more also gets REGULARISATION."""
+    start, chosen, passes, timed = time.perf_counter(), config, 0.0, []
+    limit = f"no larger size makes {MIN_PASSES:g} passes over the text in the budget on this machine"
+    for rung, (layers, size, dropout) in enumerate(SIZE_LADDER):
         candidate = config.with_options(num_layers=layers, rnn_size=size, dropout=dropout)
-        if parameters(candidate, vocab_size) > MAX_PARAMETERS_PER_CHAR * train_chars:
+        if rung and parameters(candidate, vocab_size) > MAX_PARAMETERS_PER_CHAR * train_chars:
+            limit = (f"the largest size for {train_chars:,} characters of text, at most "
+                     f"{MAX_PARAMETERS_PER_CHAR:g} parameters a character")
             break
         # every rank trains its own rows: the run's speed is the ranks' sum, the same on every rank,
         # so that all of them stop at the same shape
         speed = sum_all(world, [chars_per_second(candidate, vocab_size, device, amp)], device)[0]
         affordable = speed * config.time_budget / train_chars
-        passes.append(f"{layers}x{size} {affordable:.1f}")
-        if affordable < MIN_PASSES:
+        timed.append(f"{layers}x{size} {affordable:.1f}")
+        if rung and affordable < MIN_PASSES:
             break
-        chosen = candidate
-    if not passes:
-        return config, ""
+        if rung:
+            limit = f"the largest size that makes {MIN_PASSES:g} passes over the text in the budget on this machine"
+        chosen, passes = candidate, affordable
     m = chosen.model
-    rule = "the largest size that makes" if chosen is not config else "no larger size makes"
-    return chosen, (f"model {m.num_layers}x{m.rnn_size}, dropout {m.dropout}: {rule} {MIN_PASSES:g} passes over "
-                    f"the text in the budget on this machine (measured in {time.perf_counter() - start:.0f} s, "
-                    f"passes: {', '.join(passes)}); --rnn-size, --num-layers or --dropout choose it yourself")
+    why = (f"model {m.num_layers}x{m.rnn_size}, dropout {m.dropout}: {limit} (measured in "
+           f"{time.perf_counter() - start:.0f} s, passes: {', '.join(timed)}); --rnn-size, --num-layers or "
+           "--dropout choose it yourself")
+    if regularise and passes >= REGULARISE_PASSES:
+        chosen = chosen.with_options(**REGULARISATION)
+        why += (f". {passes:.0f} passes would overfit it: " + " and ".join(
+            f"--{name.replace('_', '-')} {value:g}" for name, value in REGULARISATION.items()) + " added")
+    return chosen, why
 
 
 def parameters(config: TrainConfig, vocab_size: int) -> int:

@@ -16,7 +16,7 @@ import torch
 
 from charrnn import checkpoint, sizing
 from charrnn.errors import CharRNNError
-from charrnn.config import TrainConfig
+from charrnn.config import REGULARISATION, REGULARISE_PASSES, TrainConfig
 from charrnn.evaluate import evaluate
 from charrnn.launch import resume_config, train
 from charrnn.trainer import Trainer, evaluation_due, learning_rate
@@ -458,21 +458,40 @@ def test_a_budget_picks_the_largest_rung_that_makes_enough_passes(monkeypatch):
     # 1M characters: 2x512 makes 9 passes in 600 s, 3x512 4.5, fewer than MIN_PASSES
     chosen, why = sizing.size_for_budget(config, 1_000_000, 65, torch.device("cpu"), None)
     assert (chosen.model.num_layers, chosen.model.rnn_size, chosen.model.dropout) == (2, 512, 0.3)
-    assert timed == [(2, 384), (2, 512), (3, 512)] and "2x512" in why and "3x512 4.5" in why
+    assert timed == [(2, 256), (2, 384), (2, 512), (3, 512)] and "2x512" in why and "3x512 4.5" in why
     assert chosen.seq_length == config.seq_length and chosen.time_budget == 600.0
+    assert chosen.model.weight_drop == 0 and chosen.ema_decay == 0  # 9 passes: nothing to regularise
     timed.clear()  # 5 minutes: 2x384 makes 9 passes, 2x512 4.5
     chosen, _ = sizing.size_for_budget(replace(config, time_budget=300.0), 1_000_000, 65, torch.device("cpu"), None)
-    assert chosen.model.rnn_size == 384 and timed == [(2, 384), (2, 512)]
+    assert chosen.model.rnn_size == 384 and timed == [(2, 256), (2, 384), (2, 512)]
     timed.clear()  # a minute: no shape beyond the first is affordable; the config is kept as it is
     gru = config.with_options(time_budget=60.0, model="gru", embedding_size=32)
     chosen, why = sizing.size_for_budget(gru, 1_000_000, 65, torch.device("cpu"), None)
-    assert chosen == gru and timed == [(2, 384)] and "no larger size makes" in why
+    assert chosen == gru and timed == [(2, 256), (2, 384)] and "no larger size makes" in why
 
 
-def test_a_small_corpus_keeps_the_default_shape_without_timing(monkeypatch):
-    monkeypatch.setattr(sizing, "chars_per_second", lambda *a: pytest.fail("timed a rung for a small corpus"))
-    config = TrainConfig(time_budget=3600.0)
-    assert sizing.size_for_budget(config, 50_000, 65, torch.device("cpu"), None) == (config, "")
+def test_a_shape_that_reads_a_small_corpus_many_times_is_regularised(monkeypatch):
+    timed = []
+    monkeypatch.setattr(sizing, "chars_per_second", lambda config, *_: timed.append(config.model.rnn_size) or 10_000.0)
+    config = TrainConfig(time_budget=600.0)
+    # 50,000 characters: a 2x384 has more than 6 parameters a character; the 2x256 makes 120 passes
+    chosen, why = sizing.size_for_budget(config, 50_000, 65, torch.device("cpu"), None)
+    assert timed == [256] and chosen.model.rnn_size == 256 and "50,000 characters" in why
+    assert (chosen.model.weight_drop, chosen.ema_decay) == (REGULARISATION["weight_drop"], REGULARISATION["ema_decay"])
+    assert "120 passes would overfit" in why and "--weight-drop 0.5 and --ema-decay 0.998 added" in why
+    plain, why = sizing.size_for_budget(config, 50_000, 65, torch.device("cpu"), None, regularise=False)
+    assert plain == config and "overfit" not in why
+    fewer = replace(config, time_budget=REGULARISE_PASSES * 5 - 1)  # just under REGULARISE_PASSES
+    assert sizing.size_for_budget(fewer, 50_000, 65, torch.device("cpu"), None)[0] == fewer
+
+
+def test_regularisation_the_user_chose_is_left_alone(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(sizing, "size_for_budget", lambda config, *args: asked.append(args[-1]) or (config, ""))
+    corpus, budget = corpus_file(tmp_path), dict(max_steps=None, time_budget=0.5)
+    for name, given in (("a", {}), ("b", {"weight_drop": 0.1}), ("c", {"ema_decay": 0.9})):
+        train(tiny(corpus, tmp_path / name, **budget), overrides=given, progress_bar=False)
+    assert asked == [True, False, False]
 
 
 def test_chars_per_second_times_real_training_steps():
