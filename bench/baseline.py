@@ -32,7 +32,7 @@ class PlainLSTM(nn.Module):
         self.rnn = nn.LSTM(embedding, hidden, layers, batch_first=True)
         self.head = nn.Linear(hidden, vocab_size)
 
-    def forward(self, idx, state=None):
+    def forward(self, idx, state=None, labels=None):  # labels: charrnn.evaluate's call; a plain loop has none
         out, state = self.rnn(self.embed(idx), state)
         return F.log_softmax(self.head(out), dim=-1), state
 
