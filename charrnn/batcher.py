@@ -11,9 +11,9 @@ then draws each character with `sample.draw` from its own `np.random.default_rng
 of a stream of its own rows. Here each request keeps its own Generator and draws on its own rows
 only, with the same calls, so it consumes the same random numbers whatever runs beside it; its
 prime is the same torch forward, alone. What can differ is the logits: BLAS rounds a 32-row
-product differently in the last bits from a 1-row one (and from 4 rows up an LSTM's stream
-multiplies W x, not x W). A draw can change only where two characters'
-scores lie within that rounding of each other (bench/RESULTS.md counts how often that was seen).
+product differently in the last bits from a 1-row one (and from 4 rows up an LSTM's or GRU's
+stream multiplies W x, not x W). A draw can change only where two characters' scores lie within
+that rounding of each other (bench/RESULTS.md counts how often that was seen).
 `exact=True` removes even that: each request gets a stream of its own rows, so every operation is
 the one `generate` makes, bit for bit, at about one stream's speed in total.
 """

@@ -129,9 +129,9 @@ class NumpyStep:
     - PyTorch stacks the gate blocks in `GATE_ORDER`; here the columns are reordered (LSTM: i, f,
       o, g) so that gates sharing an operation are adjacent, and the LSTM's c sits right after g:
       one product gives [sigmoid(i) g, sigmoid(f) c] at once.
-    - An LSTM stream of many rows (WIDE_ROWS) lays its buffers out transposed, features by rows,
-      and makes W x rather than x W: then each gate's block is a contiguous (H, N) array, where
-      numpy's elementwise operations on a column slice of an (N, 5H) buffer cost 2-3x as much.
+    - An LSTM or GRU stream of many rows (WIDE_ROWS) lays its buffers out transposed, features by
+      rows, and makes W x rather than x W: then each gate's block is a contiguous (H, N) array,
+      where numpy's elementwise operations on a column slice of an (N, 5H) buffer cost 2-3x as much.
       The weights it reads are transposed copies (`turned`), made once.
     - The LSTM keeps 2h instead of h (that saves a halving a layer) and every weight that reads it
       is halved to match. Scaling by powers of two is exact: nothing rounds differently.
@@ -145,7 +145,7 @@ class NumpyStep:
     form, for sampling loops. A model with labels takes each row's label, `labels` (N,).
     """
 
-    WIDE_ROWS = 4  # from this many rows on, an LSTM's stream is laid out transposed
+    WIDE_ROWS = 4  # from this many rows on, an LSTM's or GRU's stream is laid out transposed
 
     def __init__(self, model: CharRNN):
         cfg, rnn = model.config, model.rnn
@@ -218,7 +218,7 @@ class NumpyStep:
             if (labels is None) != (step.label_table is None):
                 raise ValueError("a model trained with labels needs one per row, and one without takes none")
             g, w = len(GATE_ORDER[cell]) * n, n + 1
-            wide = cell == "lstm" and rows >= step.WIDE_ROWS
+            wide = cell != "rnn" and rows >= step.WIDE_ROWS  # the rnn has no gate blocks to make contiguous
 
             def buffer(size: int) -> np.ndarray:
                 """`size` features a row: (size, N) if wide, else (N, size)."""
@@ -260,20 +260,21 @@ class NumpyStep:
                 gh = part(out, 0, g) if w_hh is None else buffer(g)  # the hidden state's share
                 hh = h1[k] if cell == "gru" or w_hh is None else h[k]  # [h, 1] where a bias row follows
                 self.shares.append((*product(hh, w_hh), gh))
+                inputs = (None, None) if x is None else product(x, w_in)
                 if cell == "lstm":
                     pre, prod = buffer(5 * n), buffer(2 * n)  # i, f, o, g, then c
                     self.c.append(by_rows(part(pre, 4 * n, 5 * n)))
-                    inputs = (None, None) if x is None else product(x, w_in)
                     self.layers.append((*inputs, part(pre, 0, g), gh, h[k],
                                         *product(hh, w_hh), part(pre, 0, 2 * n), part(pre, 0, 3 * n),
                                         part(pre, 3 * n, 5 * n), prod, part(prod, 0, n), part(prod, n, 2 * n),
                                         part(pre, 4 * n, 5 * n), tmp, part(pre, 2 * n, 3 * n)))
                 elif cell == "gru":
-                    pre = np.empty((rows, g), f32)
-                    self.layers.append((x, w_in, pre, gh, h[k], hh, w_hh, pre[:, :2 * n], gh[:, :2 * n],
-                                        pre[:, :n], pre[:, n:2 * n], pre[:, 2 * n:], gh[:, 2 * n:], tmp))
+                    pre = buffer(g)
+                    self.layers.append((*inputs, pre, gh, h[k], *product(hh, w_hh), part(pre, 0, 2 * n),
+                                        part(gh, 0, 2 * n), part(pre, 0, n), part(pre, n, 2 * n),
+                                        part(pre, 2 * n, g), part(gh, 2 * n, g), tmp))
                 else:
-                    self.layers.append((x, w_in, np.empty((rows, g), f32), gh, h[k], hh, w_hh))
+                    self.layers.append((*inputs, buffer(g), gh, h[k], *product(hh, w_hh)))
             self.load(state)
 
         def load(self, state: NumpyState) -> None:
@@ -325,13 +326,13 @@ class NumpyStep:
                     if hh_b is not None:
                         matmul(hh_a, hh_b, out=gh)
             elif self.cell == "gru":
-                for x, w_in, pre, gh, h, hh, w_hh, rz, gh_rz, r, z, xn, hn, tmp in self.layers:
-                    if x is None:
+                for x_a, x_b, pre, gh, h, hh_a, hh_b, rz, gh_rz, r, z, xn, hn, tmp in self.layers:
+                    if x_a is None:
                         np.copyto(pre, self.first_share(idx))
                         if labels is not None:
                             add(pre, labels, out=pre)
                     else:
-                        matmul(x, w_in, out=pre)
+                        matmul(x_a, x_b, out=pre)
                     add(rz, gh_rz, out=rz)
                     tanh(rz, out=rz)
                     add(rz, 1.0, out=rz)
@@ -342,19 +343,19 @@ class NumpyStep:
                     np.subtract(h, xn, out=tmp)
                     multiply(z, tmp, out=tmp)
                     add(xn, tmp, out=h)                   # h' = (1 - z) n + z h
-                    if w_hh is not None:
-                        matmul(hh, w_hh, out=gh)
+                    if hh_b is not None:
+                        matmul(hh_a, hh_b, out=gh)
             else:
-                for x, w_in, pre, gh, h, hh, w_hh in self.layers:
-                    if x is None:
+                for x_a, x_b, pre, gh, h, hh_a, hh_b in self.layers:
+                    if x_a is None:
                         add(gh, self.first_share(idx), out=pre)
                         if labels is not None:
                             add(pre, labels, out=pre)
                     else:
-                        add(matmul(x, w_in, out=pre), gh, out=pre)
+                        add(matmul(x_a, x_b, out=pre), gh, out=pre)
                     tanh(pre, out=h)
-                    if w_hh is not None:
-                        matmul(hh, w_hh, out=gh)
+                    if hh_b is not None:
+                        matmul(hh_a, hh_b, out=gh)
             matmul(*self.last[:2], out=self.last[2])      # the logits, and the next call's share
             return self.logits
 

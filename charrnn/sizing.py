@@ -56,7 +56,8 @@ def chars_per_second(config: TrainConfig, vocab_size: int, device: torch.device,
 
 
 def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, device: torch.device,
-                    amp: torch.dtype | None, world: World = World(), regularise: bool = True) -> tuple[TrainConfig, str]:
+                    amp: torch.dtype | None, world: World = World(),
+                    regularise: bool = True) -> tuple[TrainConfig, str]:
     """The config with the largest affordable shape of SIZE_LADDER, and a line saying why. With
     `regularise`, a shape that the budget gives REGULARISE_PASSES or more also gets REGULARISATION."""
     start, chosen, passes, timed = time.perf_counter(), config, 0.0, []
