@@ -126,7 +126,9 @@ class ModelConfig:
                                 "training, each hidden-to-hidden weight of every layer is dropped with this "
                                 "probability (the rest scaled up, as dropout does), one mask per forward pass, so "
                                 "every step of a --seq-length window loses the same connections; evaluation and "
-                                "sampling use them all. 0: off", check=FRACTION)
+                                "sampling use them all. 0: off, the default unless a time budget picks a size "
+                                f"that reads the text {REGULARISE_PASSES:g} times or more: then "
+                                f"{REGULARISATION['weight_drop']:g}", check=FRACTION)
 
     def __post_init__(self):
         check_fields(self)
@@ -172,7 +174,9 @@ class TrainConfig:
                               "this decay per step, evaluate it, and save it as the model in best.pt and last.pt "
                               "(generate.py and everything else use it; the raw weights are kept for --resume). "
                               "It spans about 1/(1-decay) steps, e.g. 0.999 about the last 1,000; early in a run "
-                              "about the last tenth of the steps taken. 0: off",
+                              "about the last tenth of the steps taken. 0: off, the default unless a time budget "
+                              f"picks a size that reads the text {REGULARISE_PASSES:g} times or more: then "
+                              f"{REGULARISATION['ema_decay']:g}",
                               check=Range(0, 0.99999, words="a number from 0 to 0.99999 (0: off)"))
     # when to stop (whichever comes first) and when to evaluate
     max_steps: int | None = option(None, "stop after this many steps in total", check=POSITIVE_INT)
