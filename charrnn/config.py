@@ -27,9 +27,10 @@ SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35))
 # 3x512 making 5.5 lost to both.
 MIN_PASSES = 7.0
 # A budget that buys this many passes for the shape it picks would overfit that shape, so the run
-# adds REGULARISATION: in 10 minutes it gained 0.125 nats/char at 150 passes (50,000 characters)
-# and 0.0095 at 16 (500,000); an hour's 3x512 at 25 passes kept improving with it where it
-# plateaued after 9 without. At 7 passes there is nothing to regularise and the mask costs steps.
+# adds REGULARISATION: in 10 minutes it gained 0.125-0.134 nats/char at 150-450 passes (50,000
+# characters) and 0.010-0.020 at 16-19 (500,000); an hour's 3x512 at 25 passes kept improving with
+# it where it plateaued after 9 without. At 7 passes there is nothing to regularise and the mask
+# costs steps.
 REGULARISE_PASSES = 15.0
 REGULARISATION = {"weight_drop": 0.5, "ema_decay": 0.998}
 NOVEL_DRAWS = 50  # generate.py --novel gives up after this many draws per item asked for

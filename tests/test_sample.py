@@ -343,7 +343,7 @@ def test_a_tiny_temperature_draws_the_argmax(rows, temperature):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-@pytest.mark.parametrize("rows", [1, 3, 9])  # from 4 rows on an LSTM lays its stream out transposed
+@pytest.mark.parametrize("rows", [1, 3, 9])  # from 4 rows on an LSTM or GRU lays its stream out transposed
 @pytest.mark.parametrize("layers", [1, 2])
 def test_stream_equals_the_model_step_by_step(cell, rows, layers):
     from charrnn.model import CharRNN, ModelConfig, NumpyStep
