@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -86,6 +87,8 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     distributed.start(world, device)
     amp = autocast_dtype(device, config.dtype)
     threads = set_threads(config.threads, world.local_size)
+    # a time budget on the CPU trains with the cores other processes leave free (ThreadGovernor)
+    governed = config.threads is None and bool(config.time_budget) and device.type == "cpu" and threads > 1
 
     source = corpus.resolve(config.corpus, config.encoding)
     if source.skipped and world.is_main:  # before the encoding, which may take a while
@@ -96,8 +99,13 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
         raise CharRNNError("--init-from names a model of items; fine-tune it on a list with --items")
     split = item_split(config, source, known) if items.wanted(config) else stream_split(config, source, known)
     if size_for_budget:
+        if governed:  # time the sizes at the threads the run will use: beside a busy neighbour two
+            probe = ThreadGovernor(threads, interval=0.0)  # time 2-5x slower than the one it trains with
+            time.sleep(0.25)  # the machine's load over a moment
+            probe()
         config, why = sizing.size_for_budget(config, split.train_chars, len(split.vocab), device, amp, world,
                                              regularise)
+        torch.set_num_threads(threads)  # from here on the run's own governor decides
         if why and world.is_main:
             print(why, flush=True)
     rng.seed_everything(config.seed + world.rank)  # ranks draw different dropout masks
@@ -120,7 +128,7 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
     trainer = Trainer(config, model, optimizer, batches, split.val, vocab,
                       RunDir(run_dir or Path("."), writes=world.is_main), device=device, amp=amp, world=world,
                       checkpoint_info=info)
-    if config.threads is None and config.time_budget and device.type == "cpu" and threads > 1:
+    if governed:
         trainer.callbacks.append(ThreadGovernor(threads))  # fewer threads while the machine is busy
     if resume_from is not None:
         if resume_from["vocab"] != vocab.to_list():

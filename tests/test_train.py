@@ -17,6 +17,7 @@ import torch
 from charrnn import checkpoint, sizing
 from charrnn.errors import CharRNNError
 from charrnn.config import REGULARISATION, REGULARISE_PASSES, TrainConfig
+from charrnn.device import ThreadGovernor
 from charrnn.evaluate import evaluate
 from charrnn.launch import resume_config, train
 from charrnn.trainer import Trainer, evaluation_due, learning_rate
@@ -492,6 +493,20 @@ def test_regularisation_the_user_chose_is_left_alone(tmp_path, monkeypatch):
     for name, given in (("a", {}), ("b", {"weight_drop": 0.1}), ("c", {"ema_decay": 0.9})):
         train(tiny(corpus, tmp_path / name, **budget), overrides=given, progress_bar=False)
     assert asked == [True, False, False]
+
+
+def test_the_sizes_are_timed_at_the_threads_a_busy_machine_leaves(tmp_path, monkeypatch):
+    # another process keeps one core busy: the run trains with one thread of two, so it times with one
+    monkeypatch.setattr(ThreadGovernor, "_reading", staticmethod(lambda: (time.monotonic(), time.monotonic(), 0.0)))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    timed_with = []
+    monkeypatch.setattr(sizing, "size_for_budget",
+                        lambda config, *args: timed_with.append(torch.get_num_threads()) or (config, ""))
+    threads = torch.get_num_threads()
+    config = tiny(corpus_file(tmp_path), tmp_path / "run", max_steps=None, time_budget=0.5, threads=None)
+    train(config, overrides={}, progress_bar=False)
+    torch.set_num_threads(threads)
+    assert timed_with == [1]
 
 
 def test_chars_per_second_times_real_training_steps():
