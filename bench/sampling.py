@@ -16,9 +16,9 @@ command: `generate.py` as a user runs it, its output read from a pseudo-terminal
 by timing a run of --length characters and one of a tenth of that (for the batch, --length / 2
 characters a sample: shorter runs leave a difference of a second or two, which the start-up's own
 jitter swamps); each such pair is taken right after a floor measure of its own, and the median of
-the ratios is shown. The time to
-first character runs `generate.py` in a child process and reads its output until the first
-generated character arrives: interpreter start-up, imports, checkpoint load and the prime.
+the ratios is shown. The time to first character runs `generate.py` in a child process and reads
+its output until the first generated character arrives: interpreter start-up, imports, checkpoint
+load and the prime.
 
 numpy's BLAS (OpenBLAS) starts as many threads as there are cores, and both the floor and charrnn
 use them. On a machine shared with other work a second thread can cost more than it gives: set
