@@ -259,22 +259,23 @@ class NumpyStep:
                 x = None if k == 0 else h1[k - 1]
                 gh = part(out, 0, g) if w_hh is None else buffer(g)  # the hidden state's share
                 hh = h1[k] if cell == "gru" or w_hh is None else h[k]  # [h, 1] where a bias row follows
-                self.shares.append((*product(hh, w_hh), gh))
+                hidden = product(hh, w_hh)
+                self.shares.append((*hidden, gh))
                 inputs = (None, None) if x is None else product(x, w_in)
                 if cell == "lstm":
                     pre, prod = buffer(5 * n), buffer(2 * n)  # i, f, o, g, then c
                     self.c.append(by_rows(part(pre, 4 * n, 5 * n)))
                     self.layers.append((*inputs, part(pre, 0, g), gh, h[k],
-                                        *product(hh, w_hh), part(pre, 0, 2 * n), part(pre, 0, 3 * n),
+                                        *hidden, part(pre, 0, 2 * n), part(pre, 0, 3 * n),
                                         part(pre, 3 * n, 5 * n), prod, part(prod, 0, n), part(prod, n, 2 * n),
                                         part(pre, 4 * n, 5 * n), tmp, part(pre, 2 * n, 3 * n)))
                 elif cell == "gru":
                     pre = buffer(g)
-                    self.layers.append((*inputs, pre, gh, h[k], *product(hh, w_hh), part(pre, 0, 2 * n),
+                    self.layers.append((*inputs, pre, gh, h[k], *hidden, part(pre, 0, 2 * n),
                                         part(gh, 0, 2 * n), part(pre, 0, n), part(pre, n, 2 * n),
                                         part(pre, 2 * n, g), part(gh, 2 * n, g), tmp))
                 else:
-                    self.layers.append((*inputs, buffer(g), gh, h[k], *product(hh, w_hh)))
+                    self.layers.append((*inputs, buffer(g), gh, h[k], *hidden))
             self.load(state)
 
         def load(self, state: NumpyState) -> None:

@@ -61,7 +61,8 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
     """The config with the largest affordable shape of SIZE_LADDER, and a line saying why. With
     `regularise`, a shape that the budget gives REGULARISE_PASSES or more also gets REGULARISATION."""
     start, chosen, passes, timed = time.perf_counter(), config, 0.0, []
-    limit = f"no larger size makes {MIN_PASSES:g} passes over the text in the budget on this machine"
+    enough = f"{MIN_PASSES:g} passes over the text in the budget on this machine"
+    limit = f"no larger size makes {enough}"
     for rung, (layers, size, dropout) in enumerate(SIZE_LADDER):
         candidate = config.with_options(num_layers=layers, rnn_size=size, dropout=dropout)
         if rung and parameters(candidate, vocab_size) > MAX_PARAMETERS_PER_CHAR * train_chars:
@@ -76,7 +77,7 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
         if rung and affordable < MIN_PASSES:
             break
         if rung:
-            limit = f"the largest size that makes {MIN_PASSES:g} passes over the text in the budget on this machine"
+            limit = f"the largest size that makes {enough}"
         chosen, passes = candidate, affordable
     m = chosen.model
     why = (f"model {m.num_layers}x{m.rnn_size}, dropout {m.dropout}: {limit} (measured in "
