@@ -380,11 +380,18 @@ function pickNext(logits, { temperature, topK, topP }, random) {
 }
 
 /**
- * Give the browser a turn (paint, clicks on Stop) between slices of work. A timer, not
- * scheduler.yield(): that one's continuation may run ahead of the waiting clicks.
+ * Give the browser a turn (paint, clicks on Stop) between slices of work: a message to ourselves.
+ * Not setTimeout(0): once such waits nest, browsers hold each to 4 ms, an eighth of a 30-ms slice.
+ * Not scheduler.yield(): its continuation may run ahead of the waiting clicks.
  */
+const turns = new MessageChannel();
+const waitingForTurn = [];
+turns.port1.onmessage = () => waitingForTurn.shift()();
 function yieldToBrowser() {
-  return new Promise((resolve) => setTimeout(resolve, 0));
+  return new Promise((resolve) => {
+    waitingForTurn.push(resolve);
+    turns.port2.postMessage(null);
+  });
 }
 
 const SLICE_MS = 30; // work this long between yields: Stop and the page stay responsive
