@@ -65,19 +65,19 @@ def page_chars_per_sec(driver, length: int) -> float:
     return float(driver.execute_script("return document.getElementById('output').dataset.charsPerSec"))
 
 
-def sampler_only_chars_per_sec(driver, length: int, plain: bool) -> float:
-    """The page's sample() loop (model step, softmax, top five, draw) with no drawing."""
+def sampler_only_chars_per_sec(driver, length: int, step: str | None = None) -> float:
+    """The page's sample() loop (model step, softmax, top five, draw) with no drawing; step as loadModel's."""
     return driver.execute_async_script("""
-        const [length, prime, plain, done] = arguments;
+        const [length, prime, step, done] = arguments;
         (async () => {
-            const model = await loadModel(window.CHARRNN_MODEL, plain);
+            const model = await loadModel(window.CHARRNN_MODEL, step);
             const settings = {prime, temperature: 1, topK: null, topP: null, length, seed: 0};
             const start = performance.now();
             let n = 0;
             await sample(model, settings, {stopped: false}, () => { n++; });
             done(n / ((performance.now() - start) / 1000));
         })();
-    """, length, PRIME, plain)
+    """, length, PRIME, step)
 
 
 def page_score(driver, index: Path, text: str) -> tuple[float, float]:
@@ -120,8 +120,8 @@ def speed_figures(driver, root: Path, shape: tuple, args) -> list[str]:
     index = export_web(ckpt, root / f"{cell}{layers}x{size}")
     open_page(driver, index, prime=PRIME, temperature=1, length=args.length, seed=0)
     page = median(lambda: page_chars_per_sec(driver, args.length), args.repeats)
-    only = median(lambda: sampler_only_chars_per_sec(driver, args.length, False), args.repeats)
-    plain = median(lambda: sampler_only_chars_per_sec(driver, min(args.length, PLAIN_LENGTH), True), args.repeats)
+    only = median(lambda: sampler_only_chars_per_sec(driver, args.length), args.repeats)
+    plain = median(lambda: sampler_only_chars_per_sec(driver, min(args.length, PLAIN_LENGTH), "js"), args.repeats)
     scored = "".join(generate(model, Vocab(CHARS), SampleConfig(length=SCORED_CHARS, seed=1), "")[0])
     score_seconds = median(lambda: page_score(driver, index, scored)[1], args.repeats)
     vocab = Vocab(CHARS)

@@ -113,7 +113,8 @@ def wait_for(driver, script: str, timeout: float = 60):
 
 def open_page(driver, index: Path, **query) -> None:
     """Load the page from disk with these URL settings, wait for the model, and check the console
-    and the step it runs: WebAssembly unless step=js forces the plain JavaScript one."""
+    and the step it runs: WebAssembly with relaxed SIMD (Chromium has it), unless step=simd forces
+    the build without or step=js the plain JavaScript one."""
     driver.get_log("browser")  # drop what earlier pages logged
     driver.get(index.as_uri() + ("?" + urlencode(query, quote_via=quote) if query else ""))
     assert wait_for(driver, "document.body.dataset.model !== 'loading' && document.body.dataset.model") == "ready"
@@ -145,12 +146,12 @@ def page_score(driver, index: Path, text: str, **query) -> tuple[float, int]:
     return bpc, int(re.search(r"over ([\d,]+) characters", total)[1].replace(",", ""))
 
 
-@pytest.mark.parametrize("step", ["wasm", "js"])
+@pytest.mark.parametrize("step", ["wasm", "simd", "js"])
 @pytest.mark.parametrize("model, prime", [("rnn", "a small bird"), ("lstm", "the "), ("gru", ""), ("gru-odd", "a ")])
 def test_greedy_text_is_generate_py_text(browser, exported, model, prime, step):
     ckpt_path, index = exported[model]
     expected = generate_py(ckpt_path, "--prime", prime, "--length", "300", "--temperature", "0")
-    text = generated(browser, index, prime=prime, temperature=0, length=300, **({"step": "js"} if step == "js" else {}))
+    text = generated(browser, index, prime=prime, temperature=0, length=300, **({} if step == "wasm" else {"step": step}))
     assert text == expected[:-1]  # print's newline
 
 
@@ -165,12 +166,12 @@ def python_score(ckpt_path: Path, text: str, tmp_path: Path) -> tuple[float, int
 SCORED = TEXT[:700] + "the lazy bird (in the sun) sings.\n"
 
 
-@pytest.mark.parametrize("step", ["wasm", "js"])
+@pytest.mark.parametrize("step", ["wasm", "simd", "js"])
 @pytest.mark.parametrize("model", ["rnn", "lstm", "gru", "gru-odd"])
 def test_score_matches_generate_py(browser, exported, model, step, tmp_path):
     ckpt_path, index = exported[model]
     expected_bpc, expected_count = python_score(ckpt_path, SCORED, tmp_path)
-    bpc, count = page_score(browser, index, SCORED, **({"step": "js"} if step == "js" else {}))
+    bpc, count = page_score(browser, index, SCORED, **({} if step == "wasm" else {"step": step}))
     assert count == expected_count == len(SCORED) - 1
     assert bpc == pytest.approx(expected_bpc, abs=0.001)
     shaded = browser.execute_script("return document.querySelectorAll('#score-output span[data-i]').length")

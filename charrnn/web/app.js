@@ -1,8 +1,9 @@
 "use strict";
 /*
  * charrnn in the browser: the model exported into model.js, run one character at a time. The step
- * runs in WebAssembly SIMD (kernel.wat, carried in kernel.js), or in plain JavaScript where the
- * browser lacks it. No server, no network, no libraries.
+ * runs in WebAssembly SIMD (kernel.wat, carried in kernel.js), with relaxed SIMD's fused
+ * multiply-add where the browser has it, or in plain JavaScript where the browser lacks SIMD.
+ * No server, no network, no libraries.
  *
  * What other code relies on (tests/test_web.py, bench/web_speed.py):
  *  - #output: its textContent is exactly the prime plus the generated characters.
@@ -11,8 +12,9 @@
  *  - body[data-model]: "ready" once the weights are decoded, "error" if they could not be.
  *  - #score-total[data-bpc] and #neuron-status[data-state="done"] when those views finish.
  *  - URL query: prime, temperature, top_k, top_p, length, seed fill the controls, view=score or
- *    view=neurons opens that view, run=1 generates at once, step=js uses the plain JavaScript step.
- *  - body[data-step]: "wasm" or "js", the step the page runs.
+ *    view=neurons opens that view, run=1 generates at once, step=js uses the plain JavaScript step
+ *    and step=simd the WebAssembly one without relaxed SIMD.
+ *  - body[data-step]: "wasm", "simd" or "js", the step the page runs.
  *  - A model of items (spec.items) opens the Items view alone: #item-list[data-state] becomes
  *    "done" with one <li> per item (class "cut" if it reached the longest length first).
  *
@@ -91,14 +93,17 @@ function decodeInt8(bytes, scales, tensors, out) {
   }
 }
 
-/** model.js's spec -> a CharModel, its weights decoded straight into the memory its step reads. */
-async function loadModel(spec, plain = false) {
+/**
+ * model.js's spec -> a CharModel, its weights decoded straight into the memory its step reads.
+ * step: null for the fastest the browser runs, or "simd" or "js" to force a slower one.
+ */
+async function loadModel(spec, step = null) {
   if (typeof DecompressionStream === "undefined") {
     throw new Error("this browser lacks DecompressionStream; open the page in a current Chrome, Firefox or Safari");
   }
   const shapes = spec.tensors.map(({ shape }) => shape);
   const count = shapes.reduce((n, shape) => n + shape.reduce((a, b) => a * b, 1), 0);
-  const kernel = (!plain && await simdKernel(count, shapes)) || plainKernel(count);
+  const kernel = (step !== "js" && await simdKernel(count, shapes, step !== "simd")) || plainKernel(count);
   if (spec.dtype === "int8") {
     const scales = new Float32Array(spec.scales.count);
     decodeFloats(await unpack(spec.scales, 4), "float32", scales);
@@ -202,13 +207,17 @@ function plainKernel(count) {
 
 /**
  * kernel.wat's WebAssembly SIMD, or null where the browser cannot run it: about 8x the plain
- * step. The weights and the step's vectors live in the module's memory, laid out once (growing it
- * later would detach every view), each vector with room to be read and written to a multiple of 4.
+ * step. Its relaxed build where the browser has relaxed SIMD and `relaxed` allows it, else the
+ * build without. The weights and the step's vectors live in the module's memory, laid out once
+ * (growing it later would detach every view), each vector with room to be read and written to a
+ * multiple of 4.
  */
-async function simdKernel(count, shapes) {
+async function simdKernel(count, shapes, relaxed) {
   if (typeof WebAssembly === "undefined" || typeof CHARRNN_KERNEL === "undefined") return null;
-  const binary = Uint8Array.from(atob(CHARRNN_KERNEL), (c) => c.charCodeAt(0));
-  if (!WebAssembly.validate(binary)) return null; // an engine without SIMD
+  const builds = [...(relaxed ? [["wasm", CHARRNN_KERNEL]] : []), ["simd", CHARRNN_KERNEL_SIMD]]
+    .map(([name, base64]) => [name, Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))]);
+  const [name, binary] = builds.find(([, binary]) => WebAssembly.validate(binary)) ?? [];
+  if (!binary) return null; // an engine without SIMD
   const { instance } = await WebAssembly.instantiate(binary);
   const wasm = instance.exports;
   const room = (n) => Math.ceil(n / 4) * 4 + 4; // a multiple of 4 floats (16 bytes), plus one more group
@@ -224,7 +233,7 @@ async function simdKernel(count, shapes) {
   const affine = ({ W, b }, input, out) => wasm.affine(W.byteOffset, b.byteOffset, input.byteOffset, out.byteOffset,
     b.length, W.length / b.length);
   return {
-    name: "wasm", weights: weights.subarray(0, count),
+    name, weights: weights.subarray(0, count),
     layer(cell, { ih, hh }, input, hPrev, cPrev) {
       const H = hPrev.length;
       x.set(input);
@@ -951,7 +960,7 @@ async function main() {
   let model;
   try {
     if (!spec) throw new Error("model.js is missing or did not load; export the page again");
-    model = await loadModel(spec, query.get("step") === "js");
+    model = await loadModel(spec, query.get("step"));
   } catch (e) {
     $("summary").textContent = `Could not load the model: ${e.message}`;
     document.body.dataset.model = "error";
