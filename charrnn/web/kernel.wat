@@ -3,7 +3,7 @@
 ;; gates are float32, as in PyTorch's own kernels; exp follows Cephes' expf (within 2 ulp).
 ;;
 ;; The products multiply and add with relaxed SIMD's f32x4.relaxed_madd: a fused multiply-add
-;; where the CPU has one (1.05-1.2x the products' speed in Chromium). build_kernel.py also builds
+;; where the CPU has one (1.04-1.2x the products' speed in Chromium). build_kernel.py also builds
 ;; this text with each relaxed_madd as a plain multiply and add, the other result relaxed_madd
 ;; allows, for the engines without relaxed SIMD (Safari).
 ;;
