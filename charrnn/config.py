@@ -26,13 +26,17 @@ SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35))
 # tinyshakespeare a 2x512 lost to a 2x384 making 2x its passes when it made 4.3, and won at 7.5; a
 # 3x512 making 5.5 lost to both.
 MIN_PASSES = 7.0
-# A budget that buys this many passes for the shape it picks would overfit that shape, so the run
-# adds REGULARISATION: in 10 minutes it gained 0.125-0.134 nats/char at 150-450 passes (50,000
-# characters) and 0.010-0.020 at 16-19 (500,000); an hour's 3x512 at 25 passes kept improving with
-# it where it plateaued after 9 without. At 7 passes there is nothing to regularise and the mask
-# costs steps.
-REGULARISE_PASSES = 15.0
-REGULARISATION = {"weight_drop": 0.5, "ema_decay": 0.998}
+# A budget that buys REGULARISE_PASSES or more passes for the shape it picks would overfit that
+# shape, so the run adds DropConnect and averaged weights, the DropConnect stronger the more passes
+# (the first entry whose passes the budget reaches, from the last). In 10 minutes: at 20-27 passes
+# (500,000 characters) 0.3 gained 0.038 nats/char and beat 0.5 by 0.016 side by side; at 450
+# (50,000) 0.5 gained 0.134. 100, between the two, is not measured. An hour's 3x512 at 25 passes
+# kept improving with 0.5 where it plateaued after 9 without. At 7 passes there is nothing to
+# regularise and the mask costs steps.
+REGULARISATION = ((100.0, {"weight_drop": 0.5, "ema_decay": 0.998}),
+                  (15.0, {"weight_drop": 0.3, "ema_decay": 0.998}))
+REGULARISE_PASSES = REGULARISATION[-1][0]
+REGULARISED_OPTIONS = set(REGULARISATION[0][1])
 NOVEL_DRAWS = 50  # generate.py --novel gives up after this many draws per item asked for
 
 
@@ -129,7 +133,8 @@ class ModelConfig:
                                 "every step of a --seq-length window loses the same connections; evaluation and "
                                 "sampling use them all. 0: off, the default unless a time budget picks a size "
                                 f"that reads the text {REGULARISE_PASSES:g} times or more: then "
-                                f"{REGULARISATION['weight_drop']:g}", check=FRACTION)
+                                f"{REGULARISATION[-1][1]['weight_drop']:g}, or {REGULARISATION[0][1]['weight_drop']:g} "
+                                f"from {REGULARISATION[0][0]:g} times", check=FRACTION)
 
     def __post_init__(self):
         check_fields(self)
@@ -177,7 +182,7 @@ class TrainConfig:
                               "It spans about 1/(1-decay) steps, e.g. 0.999 about the last 1,000; early in a run "
                               "about the last tenth of the steps taken. 0: off, the default unless a time budget "
                               f"picks a size that reads the text {REGULARISE_PASSES:g} times or more: then "
-                              f"{REGULARISATION['ema_decay']:g}",
+                              f"{REGULARISATION[-1][1]['ema_decay']:g}",
                               check=Range(0, 0.99999, words="a number from 0 to 0.99999 (0: off)"))
     # when to stop (whichever comes first) and when to evaluate
     max_steps: int | None = option(None, "stop after this many steps in total", check=POSITIVE_INT)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from charrnn import checkpoint, corpus, data, distributed, items, rng, sizing
-from charrnn.config import REGULARISATION, TrainConfig
+from charrnn.config import REGULARISED_OPTIONS, TrainConfig
 from charrnn.device import ThreadGovernor, autocast_dtype, pick_device, set_threads
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, grow_vocab
@@ -67,7 +67,7 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
                 config = config.with_options(**{name: getattr(base.model.config, name) for name in SHAPE})
             trainer = build(config, world, base=base, overwrite=overwrite,
                             size_for_budget=base is None and sizing.wanted(config, overrides),
-                            regularise=not REGULARISATION.keys() & (overrides or {}).keys())
+                            regularise=not REGULARISED_OPTIONS & (overrides or {}).keys())
         if world.is_main:
             trainer.run_dir.start(asdict(trainer.config))
         trainer.callbacks.extend(callbacks)

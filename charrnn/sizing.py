@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from charrnn.config import MIN_PASSES, REGULARISATION, REGULARISE_PASSES, SIZE_LADDER, ModelConfig, TrainConfig
+from charrnn.config import MIN_PASSES, REGULARISATION, SIZE_LADDER, ModelConfig, TrainConfig
 from charrnn.distributed import World, sum_all
 from charrnn.model import CharRNN
 
@@ -59,7 +59,8 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
                     amp: torch.dtype | None, world: World = World(),
                     regularise: bool = True) -> tuple[TrainConfig, str]:
     """The config with the largest affordable shape of SIZE_LADDER, and a line saying why. With
-    `regularise`, a shape that the budget gives REGULARISE_PASSES or more also gets REGULARISATION."""
+    `regularise`, a shape that the budget gives enough passes to overfit also gets REGULARISATION's
+    options for that many passes."""
     start, chosen, passes, timed = time.perf_counter(), config, 0.0, []
     enough = f"{MIN_PASSES:g} passes over the text in the budget on this machine"
     limit = f"no larger size makes {enough}"
@@ -83,10 +84,11 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
     why = (f"model {m.num_layers}x{m.rnn_size}, dropout {m.dropout}: {limit} (measured in "
            f"{time.perf_counter() - start:.0f} s, passes: {', '.join(timed)}); --rnn-size, --num-layers or "
            "--dropout choose it yourself")
-    if regularise and passes >= REGULARISE_PASSES:
-        chosen = chosen.with_options(**REGULARISATION)
+    added = next((options for least, options in REGULARISATION if passes >= least), None)
+    if regularise and added:
+        chosen = chosen.with_options(**added)
         why += (f". {passes:.0f} passes would overfit it: " + " and ".join(
-            f"--{name.replace('_', '-')} {value:g}" for name, value in REGULARISATION.items()) + " added")
+            f"--{name.replace('_', '-')} {value:g}" for name, value in added.items()) + " added")
     return chosen, why
 
 

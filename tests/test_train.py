@@ -16,7 +16,7 @@ import torch
 
 from charrnn import checkpoint, sizing
 from charrnn.errors import CharRNNError
-from charrnn.config import REGULARISATION, REGULARISE_PASSES, TrainConfig
+from charrnn.config import REGULARISE_PASSES, TrainConfig
 from charrnn.device import ThreadGovernor
 from charrnn.evaluate import evaluate
 from charrnn.launch import resume_config, train
@@ -478,8 +478,12 @@ def test_a_shape_that_reads_a_small_corpus_many_times_is_regularised(monkeypatch
     # 50,000 characters: a 2x384 has more than 6 parameters a character; the 2x256 makes 120 passes
     chosen, why = sizing.size_for_budget(config, 50_000, 65, torch.device("cpu"), None)
     assert timed == [256] and chosen.model.rnn_size == 256 and "50,000 characters" in why
-    assert (chosen.model.weight_drop, chosen.ema_decay) == (REGULARISATION["weight_drop"], REGULARISATION["ema_decay"])
+    assert (chosen.model.weight_drop, chosen.ema_decay) == (0.5, 0.998)
     assert "120 passes would overfit" in why and "--weight-drop 0.5 and --ema-decay 0.998 added" in why
+    # fewer passes, a lighter DropConnect: 250 s make 50
+    lighter, why = sizing.size_for_budget(replace(config, time_budget=250.0), 50_000, 65, torch.device("cpu"), None)
+    assert (lighter.model.weight_drop, lighter.ema_decay) == (0.3, 0.998)
+    assert "50 passes would overfit" in why and "--weight-drop 0.3 and --ema-decay 0.998 added" in why
     plain, why = sizing.size_for_budget(config, 50_000, 65, torch.device("cpu"), None, regularise=False)
     assert plain == config and "overfit" not in why
     fewer = replace(config, time_budget=REGULARISE_PASSES * 5 - 1)  # just under REGULARISE_PASSES
