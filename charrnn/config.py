@@ -27,12 +27,12 @@ SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35))
 # 3x512 making 5.5 lost to both.
 MIN_PASSES = 7.0
 # A budget that buys REGULARISE_PASSES or more passes for the shape it picks would overfit that
-# shape, so the run adds DropConnect and averaged weights, the DropConnect stronger the more passes
-# (the first entry whose passes the budget reaches, from the last). In 10 minutes: at 20-27 passes
-# (500,000 characters) 0.3 gained 0.038 nats/char and beat 0.5 by 0.016 side by side; at 450
-# (50,000) 0.5 gained 0.134. 100, between the two, is not measured. An hour's 3x512 at 25 passes
-# kept improving with 0.5 where it plateaued after 9 without. At 7 passes there is nothing to
-# regularise and the mask costs steps.
+# shape, so the run adds DropConnect and averaged weights, the DropConnect stronger the more
+# passes: the entries go from the most passes down, and the first one the budget reaches applies.
+# In 10 minutes: at 20-27 passes (500,000 characters) 0.3 gained 0.038 nats/char and beat 0.5 by
+# 0.016 side by side; at 450 (50,000) 0.5 gained 0.134. 100, between the two, is not measured. An
+# hour's 3x512 at 25 passes kept improving with 0.5 where it plateaued after 9 without. At 7
+# passes there is nothing to regularise and the mask costs steps.
 REGULARISATION = ((100.0, {"weight_drop": 0.5, "ema_decay": 0.998}),
                   (15.0, {"weight_drop": 0.3, "ema_decay": 0.998}))
 REGULARISE_PASSES = REGULARISATION[-1][0]
