@@ -36,7 +36,7 @@ MIN_PASSES = 7.0
 REGULARISATION = ((100.0, {"weight_drop": 0.5, "ema_decay": 0.998}),
                   (15.0, {"weight_drop": 0.3, "ema_decay": 0.998}))
 REGULARISE_PASSES = REGULARISATION[-1][0]
-REGULARISED_OPTIONS = set(REGULARISATION[0][1])
+REGULARISED_OPTIONS = set().union(*(options for _, options in REGULARISATION))  # a user who gives one keeps it
 NOVEL_DRAWS = 50  # generate.py --novel gives up after this many draws per item asked for
 
 
