@@ -336,6 +336,8 @@ class Batcher:
                 wide = sum(lane.rows for lane in self.lanes) >= NumpyStep.WIDE_ROWS
                 if wide != batch:  # a few rows: one thread; a batch: the governor's last choice
                     batch = wide
+                    if wide:  # its first look, soon, covers this batch, not the idle time before
+                        governor.restart(look_after=0.1)  # it (when a client may have used the cores)
                     blas_threads(governor.threads if wide else 1)
                 if wide:
                     governor()

@@ -70,6 +70,7 @@ class ThreadGovernor:
         self.most, self.interval, self.apply = most, interval, apply  # apply(n): use n threads
         self.threads = most
         self._last = self._reading()
+        self._due = 0.0 if self._last is None else self._last[0] + interval  # when to look next
 
     @staticmethod
     def _reading() -> tuple[float, float, float] | None:
@@ -84,13 +85,20 @@ class ThreadGovernor:
         return (time.monotonic(), (user + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK"),
                 own.user + own.system)
 
+    def restart(self, look_after: float) -> None:
+        """Begin a new interval, keeping the thread count, and look after `look_after` seconds:
+        what the machine did before now is not counted."""
+        self._last = self._reading()
+        if self._last is not None:
+            self._due = self._last[0] + look_after
+
     def __call__(self, *_) -> None:
         """Cheap when called every step: re-decides once per interval."""
-        if self._last is None or time.monotonic() - self._last[0] < self.interval:
+        if self._last is None or time.monotonic() < self._due:
             return
         now = self._reading()
         wall, busy, own = (b - a for a, b in zip(self._last, now))
-        self._last = now
+        self._last, self._due = now, now[0] + self.interval
         others = max(0.0, (busy - own) / wall)
         free = self.most - others
         # a band of +-0.15 around the halfway mark, so that a neighbour at 50% does not flip us

@@ -107,3 +107,17 @@ def test_thread_governor_follows_the_cores_others_leave_free(monkeypatch):
         assert seen == [before, 1, 1, 2, 2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_thread_governor_restart_leaves_out_the_time_before_it(monkeypatch):
+    # a neighbour used both cores for 10 s while the server waited; then 1 s of our own work
+    monkeypatch.setattr(device.time, "monotonic", lambda: 1e9)
+    for restart, expected in ((False, [1]), (True, [])):
+        readings = iter([(0.0, 0.0, 0.0), *([(10.0, 20.0, 0.0)] if restart else []), (11.0, 22.0, 2.0)])
+        monkeypatch.setattr(device.ThreadGovernor, "_reading", staticmethod(lambda: next(readings)))
+        chosen = []
+        governor = device.ThreadGovernor(2, interval=1.0, apply=chosen.append)
+        if restart:
+            governor.restart(look_after=0.1)
+        governor()
+        assert chosen == expected  # without the restart the neighbour's 10 s count, and it drops to 1
