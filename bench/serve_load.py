@@ -43,6 +43,9 @@ import charrnn
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 60  # seconds any one request may take before the benchmark gives up on it
 CLIENTS = (1, 8, 32)
+# numpy's BLAS threads spin on after a call (here a core stayed busy for 100-150 ms after an
+# in-process measure), which would take a core from the server's round that follows it
+SETTLE = 0.3
 LINE = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak."  # distinct primes
 
 
@@ -122,6 +125,7 @@ def measure(port: int, model, length: int, repeats: int) -> dict:
         for kind in kinds:
             if kind in inprocess:
                 local[kind].append(inprocess[kind]())
+                time.sleep(SETTLE)
             rate, ttfc = load_round(port, int(str(kind).rstrip("d")), length, seed=1000 * r, distinct=kind == "32d")
             served[kind].append(rate)
             firsts[kind] += ttfc
