@@ -121,3 +121,16 @@ def test_thread_governor_restart_leaves_out_the_time_before_it(monkeypatch):
             governor.restart(look_after=0.1)
         governor()
         assert chosen == expected  # without the restart the neighbour's 10 s count, and it drops to 1
+
+
+def test_thread_governor_looks_first_after_the_restart_delay(monkeypatch):
+    clock = [10.0]  # and a neighbour on both cores all along
+    monkeypatch.setattr(device.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(device.ThreadGovernor, "_reading", staticmethod(lambda: (clock[0], 2 * clock[0], 0.0)))
+    chosen = []
+    governor = device.ThreadGovernor(2, interval=0.5, apply=chosen.append)
+    governor.restart(look_after=0.1)
+    for now, expected in ((10.05, []), (10.1, [1])):
+        clock[0] = now
+        governor()
+        assert chosen == expected
