@@ -167,22 +167,25 @@ class Model:
         """The prime as the model reads it (checked; without unknown characters if `skip_unknown`)."""
         return self.vocab.decode(self.vocab.encode(prime, skip_unknown))
 
-    def score(self, text: str, skip_unknown: bool = False, label: str | None = None) -> Score:
-        """Loss of `text` read as one stream: each character given the ones before it. For a model
-        of items, `text` is a list (split as the training list was), each item of `label`."""
+    def score(self, text: str, skip_unknown: bool = False, label: str | None = None, adapt: float = 0.0) -> Score:
+        """Loss of `text` read as one stream: each character given the ones before it (with `adapt`,
+        by dynamic evaluation at that learning rate). For a model of items, `text` is a list (split
+        as the training list was), each item of `label`."""
         if self.vocab.items:
+            self._no_adapting(adapt)
             return self.score_items(items.split_text(text, items.separator(self.list["separator"])),
                                     None, label, skip_unknown)
         tokens = np.asarray(self.vocab.encode(text, skip_unknown), dtype=np.int64)
-        return Score(*score_tokens(self.net, tokens))
+        return Score(*score_tokens(self.net, tokens, adapt=adapt))
 
     def score_file(self, path: str | Path, encoding: str | None = None, skip_unknown: bool = False,
-                   label: str | None = None) -> Score:
+                   label: str | None = None, adapt: float = 0.0) -> Score:
         """Loss of a text file, read in the training corpus's encoding unless `encoding` is given; for
         a model of items, a list as train.py reads one (a .csv or .jsonl may give each item's label)."""
         encoding, path = encoding or self.info["encoding"], Path(path)
         if not self.vocab.items:
-            return Score(*score_file(self.net, self.vocab, path, encoding, skip_unknown))
+            return Score(*score_file(self.net, self.vocab, path, encoding, skip_unknown, adapt))
+        self._no_adapting(adapt)
         if not path.is_file():
             raise CharRNNError(f"--score file {path} {'is a directory' if path.is_dir() else 'does not exist'}; "
                                "give one list")
@@ -204,6 +207,12 @@ class Model:
         listed = items.encode(texts, self.vocab, indices, skip_unknown)
         nats, chars = score_items(self.net, listed)
         return Score(nats, chars, len(listed))
+
+    @staticmethod
+    def _no_adapting(adapt: float) -> None:
+        if adapt:
+            raise CharRNNError("--adapt reads running text as one stream, and this model makes items, each "
+                               "scored from a fresh state; drop --adapt")
 
     def export_web(self, out_dir: str | Path, dtype: str = "float16") -> Path:
         """Write a self-contained web page that runs this model in the browser; returns its index.html."""

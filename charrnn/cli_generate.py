@@ -8,7 +8,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from charrnn import flags, serve
-from charrnn.config import DEVICES, NOVEL_DRAWS, POSITIVE_INT, THREADS, SampleConfig
+from charrnn.config import ADAPT_LR, ADAPT_SEGMENT, DEVICES, NOVEL_DRAWS, POSITIVE, POSITIVE_INT, THREADS, SampleConfig
 from charrnn.errors import CharRNNError
 
 # What each mode does not use: giving one of these flags with it is an error, not silently ignored.
@@ -23,7 +23,7 @@ NOT_WITH = {
     "serve": {"prime", "length", "temperature", "top_k", "top_p", "stop", "seed", "num_samples", "output",
               "skip_unknown", "info", "score", "interactive", "export_web", "device", "threads", "label", "novel"},
 }
-NEEDS = {"format": "output", "encoding": "score", "export_dtype": "export_web",
+NEEDS = {"format": "output", "encoding": "score", "adapt": "score", "export_dtype": "export_web",
          **{name: "serve" for name in serve.SERVER_FLAGS}}
 
 
@@ -56,6 +56,12 @@ def build_parser() -> flags.Parser:
     g.add_argument("--score", metavar="FILE", help="print the loss of the text file FILE under the model in "
                    "nats and bits per character (the whole file as one stream, state carried) and exit")
     g.add_argument("--encoding", help="the encoding of the --score file (default: the training corpus's)")
+    g.add_argument("--adapt", metavar="LR", nargs="?", const=ADAPT_LR, type=flags.checked(float, POSITIVE),
+                   help=f"with --score: dynamic evaluation. After scoring each {ADAPT_SEGMENT} characters, a copy of "
+                   "the model takes an SGD step of learning rate LR on them, so that it reads the rest knowing the "
+                   f"names and words met so far (default LR {ADAPT_LR:g}: the best of those measured in "
+                   "bench/RESULTS.md). The checkpoint is not changed, and the figure is not comparable with a "
+                   "score without --adapt")
     g.add_argument("--export-web", metavar="DIR", help="write a web page that runs the model in the "
                    "browser (DIR/index.html, works offline from disk) and exit")
     g.add_argument("--export-dtype", choices=["float16", "float32", "int8"], help="weights of the web page: "
@@ -100,10 +106,10 @@ def main() -> int:
         print(model.describe())
     elif "score" in args:
         score = model.score_file(args["score"], args.get("encoding"), bool(args.get("skip_unknown")),
-                                 args.get("label"))
+                                 args.get("label"), args.get("adapt", 0.0))
         from charrnn.evaluate import describe_score
 
-        print(describe_score(args["score"], score.nats, score.chars, score.items))
+        print(describe_score(args["score"], score.nats, score.chars, score.items, args.get("adapt", 0.0)))
     elif "export_web" in args:
         index = model.export_web(args["export_web"], args.get("export_dtype", "float16"))
         print(f"wrote {index}; open it in a browser (it works offline, from disk)")

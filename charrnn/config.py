@@ -38,6 +38,8 @@ REGULARISATION = ((100.0, {"weight_drop": 0.5, "ema_decay": 0.998}),
 REGULARISE_PASSES = REGULARISATION[-1][0]
 REGULARISED_OPTIONS = set().union(*(options for _, options in REGULARISATION))  # a user who gives one keeps it
 NOVEL_DRAWS = 50  # generate.py --novel gives up after this many draws per item asked for
+# generate.py --score --adapt: characters scored between two SGD steps, and the steps' learning rate
+ADAPT_SEGMENT, ADAPT_LR = 64, 0.5
 
 
 @dataclass(frozen=True)

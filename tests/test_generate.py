@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import charrnn
 from charrnn import checkpoint
+from charrnn.config import ADAPT_SEGMENT
 from charrnn.errors import CharRNNError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,6 +114,22 @@ def test_score_prints_nats_and_bits_per_character(tiny_checkpoint, cli, tmp_path
     expected = -log_probs[0].gather(-1, idx[0, 1:, None]).mean().item()
     assert nats == pytest.approx(expected, abs=1e-3)
     assert f"over {len(text) - 1:,} characters" in out
+
+
+def test_adapt_scores_before_each_step_learns_and_leaves_the_model_alone(tiny_checkpoint, cli, tmp_path):
+    """Dynamic evaluation: the first segment is scored as without it, a text met again reads better, and the
+    model the caller holds keeps its weights."""
+    model = charrnn.load(tiny_checkpoint)
+    weights = {name: w.clone() for name, w in model.net.state_dict().items()}
+    first = "the lazy dog jumps over the quick brown fox.\n"
+    assert len(first) < ADAPT_SEGMENT
+    assert model.score(first, adapt=0.5).nats == pytest.approx(model.score(first).nats, abs=1e-6)
+    text = "".join(random.Random(0).choice("abcdefghij .\n") for _ in range(300)) * 6  # to be learnt
+    assert model.score(text, adapt=0.5).nats < model.score(text).nats - 0.2
+    assert all(torch.equal(w, weights[name]) for name, w in model.net.state_dict().items())
+    (tmp_path / "t.txt").write_text(text)
+    code, out, _ = cli("--checkpoint", tiny_checkpoint, "--score", tmp_path / "t.txt", "--adapt", 0.5)
+    assert code == 0 and f"{model.score(text, adapt=0.5).nats:.4f} nats/char" in out and "--adapt 0.5" in out
 
 
 @pytest.mark.parametrize("content", ["", "a"], ids=["empty", "one char"])

@@ -252,6 +252,7 @@ def test_jsonl_records_label_settings_seed_and_wholeness(names_run, cli, tmp_pat
 @pytest.mark.parametrize("args, message", [
     (["--label", "Klingon"], "unknown label 'Klingon'; this model knows German, Italian, Russian"),
     (["--score", "{list}"], "needs each item's label: give --label"),
+    (["--score", "{list}", "--label", "German", "--adapt", "0.1"], "this model makes items"),
 ])
 def test_bad_item_requests_are_one_line_errors(names_run, cli, tmp_path, args, message):
     (tmp_path / "list.txt").write_text("Ivanov\n")
