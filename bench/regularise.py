@@ -9,6 +9,8 @@ small corpus every machine with this Python has):
 
     python bench/regularise.py --b "--ema-decay 0.999"                                 # 10m each
     python bench/regularise.py --docstrings 500000 --b "--weight-drop 0.3 --ema-decay 0.999"
+    git worktree add --detach ../before HEAD~1                                         # a code change
+    python bench/regularise.py --docstrings 500000 --a-checkout ../before
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ def main() -> None:
     p.add_argument("--time-budget", type=parse_duration, default=600.0, help="each side's budget (default 10m)")
     p.add_argument("--docstrings", type=int, help="train on this many characters of the stdlib's docstrings "
                    "instead of tinyshakespeare")
+    p.add_argument("--a-checkout", type=Path, default=REPO, help="run the first configuration's train.py from "
+                   "this checkout, e.g. a git worktree of the commit before a change (default: this one)")
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,7 +83,8 @@ def main() -> None:
             corpus_path = folder / f"docstrings-{args.docstrings}.txt"
             corpus_path.write_text(docstrings(args.docstrings), encoding="utf-8")
         validation = validation_file(folder, corpus_path)
-        commands = {name: [sys.executable, str(REPO / "train.py"), "--corpus", str(corpus_path), "--time-budget",
+        checkouts = {"a": args.a_checkout.resolve(), "b": REPO}
+        commands = {name: [sys.executable, str(checkouts[name] / "train.py"), "--corpus", str(corpus_path), "--time-budget",
                            f"{args.time_budget:.0f}s", "--threads", "1", "--seed", str(args.seed),
                            "--checkpoint-dir", str(folder / name), *shlex.split(flags)]
                     for name, flags in (("a", args.a), ("b", args.b))}
@@ -89,8 +94,8 @@ def main() -> None:
     print("| configuration | model | steps | best.pt at step (share of the run) | whole validation split, one stream |")
     print("| --- | --- | --- | --- | --- |")
     for name, flags in (("a", args.a), ("b", args.b)):
-        r = results[name]
-        print(f"| {flags or 'defaults'} | {r['model']} | {r['steps']:,} | {r['best_step']:,} ({r['best_at']:.0%}) | "
+        r, where = results[name], "" if checkouts[name] == REPO else f" at {checkouts[name]}"
+        print(f"| {flags or 'defaults'}{where} | {r['model']} | {r['steps']:,} | {r['best_step']:,} ({r['best_at']:.0%}) | "
               f"{r['one_stream']:.4f} |")
     print(json.dumps({"a": args.a, "b": args.b, **results}))
 
