@@ -84,8 +84,8 @@ def main() -> None:
             corpus_path.write_text(docstrings(args.docstrings), encoding="utf-8")
         validation = validation_file(folder, corpus_path)
         checkouts = {"a": args.a_checkout.resolve(), "b": REPO}
-        commands = {name: [sys.executable, str(checkouts[name] / "train.py"), "--corpus", str(corpus_path), "--time-budget",
-                           f"{args.time_budget:.0f}s", "--threads", "1", "--seed", str(args.seed),
+        commands = {name: [sys.executable, str(checkouts[name] / "train.py"), "--corpus", str(corpus_path),
+                           "--time-budget", f"{args.time_budget:.0f}s", "--threads", "1", "--seed", str(args.seed),
                            "--checkpoint-dir", str(folder / name), *shlex.split(flags)]
                     for name, flags in (("a", args.a), ("b", args.b))}
         finish_children({name: start_child(cmd, name, core) for (name, cmd), core in zip(commands.items(), (0, 1))})
@@ -95,8 +95,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- |")
     for name, flags in (("a", args.a), ("b", args.b)):
         r, where = results[name], "" if checkouts[name] == REPO else f" at {checkouts[name]}"
-        print(f"| {flags or 'defaults'}{where} | {r['model']} | {r['steps']:,} | {r['best_step']:,} ({r['best_at']:.0%}) | "
-              f"{r['one_stream']:.4f} |")
+        print(f"| {flags or 'defaults'}{where} | {r['model']} | {r['steps']:,} | {r['best_step']:,} "
+              f"({r['best_at']:.0%}) | {r['one_stream']:.4f} |")
     print(json.dumps({"a": args.a, "b": args.b, **results}))
 
 

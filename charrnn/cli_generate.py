@@ -8,7 +8,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from charrnn import flags, serve
-from charrnn.config import ADAPT_LR, ADAPT_SEGMENT, DEVICES, NOVEL_DRAWS, POSITIVE, POSITIVE_INT, THREADS, SampleConfig
+from charrnn.config import (ADAPT_LR, ADAPT_SEGMENT, DEVICES, NOVEL_DRAWS, POSITIVE, POSITIVE_INT, THREADS,
+                            SampleConfig)
 from charrnn.errors import CharRNNError
 
 # What each mode does not use: giving one of these flags with it is an error, not silently ignored.

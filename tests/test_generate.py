@@ -21,7 +21,7 @@ import torch
 
 import charrnn
 from charrnn import checkpoint
-from charrnn.config import ADAPT_SEGMENT
+from charrnn.config import ADAPT_LR, ADAPT_SEGMENT
 from charrnn.errors import CharRNNError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,8 +128,9 @@ def test_adapt_scores_before_each_step_learns_and_leaves_the_model_alone(tiny_ch
     assert model.score(text, adapt=0.5).nats < model.score(text).nats - 0.2
     assert all(torch.equal(w, weights[name]) for name, w in model.net.state_dict().items())
     (tmp_path / "t.txt").write_text(text)
-    code, out, _ = cli("--checkpoint", tiny_checkpoint, "--score", tmp_path / "t.txt", "--adapt", 0.5)
-    assert code == 0 and f"{model.score(text, adapt=0.5).nats:.4f} nats/char" in out and "--adapt 0.5" in out
+    code, out, _ = cli("--checkpoint", tiny_checkpoint, "--score", tmp_path / "t.txt", "--adapt")  # its default
+    assert code == 0 and f"{model.score(text, adapt=ADAPT_LR).nats:.4f} nats/char" in out
+    assert f"--adapt {ADAPT_LR:g}" in out
 
 
 @pytest.mark.parametrize("content", ["", "a"], ids=["empty", "one char"])
