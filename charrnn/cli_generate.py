@@ -106,11 +106,12 @@ def main() -> int:
     if "info" in args:
         print(model.describe())
     elif "score" in args:
+        adapt = args.get("adapt", 0.0)
         score = model.score_file(args["score"], args.get("encoding"), bool(args.get("skip_unknown")),
-                                 args.get("label"), args.get("adapt", 0.0))
+                                 args.get("label"), adapt)
         from charrnn.evaluate import describe_score
 
-        print(describe_score(args["score"], score.nats, score.chars, score.items, args.get("adapt", 0.0)))
+        print(describe_score(args["score"], score.nats, score.chars, score.items, adapt))
     elif "export_web" in args:
         index = model.export_web(args["export_web"], args.get("export_dtype", "float16"))
         print(f"wrote {index}; open it in a browser (it works offline, from disk)")

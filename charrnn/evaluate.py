@@ -84,10 +84,9 @@ def score_tokens(model: CharRNN, tokens: np.ndarray, what: str = "the text",
     dynamic evaluation at that learning rate."""
     if len(tokens) < 2:
         raise CharRNNError(f"{what} has fewer than 2 known characters; nothing to score")
-    device = next(model.parameters()).device
     if adapt:
         return adapted_loss_sum(model, tokens, adapt) / (len(tokens) - 1), len(tokens) - 1
-    return evaluate(model, tokens, device, streams=1), len(tokens) - 1
+    return evaluate(model, tokens, next(model.parameters()).device, streams=1), len(tokens) - 1
 
 
 def adapted_loss_sum(model: CharRNN, tokens: np.ndarray, lr: float, segment: int = ADAPT_SEGMENT) -> float:
