@@ -21,20 +21,22 @@ DEFAULT_TIME_BUDGET = 600.0  # seconds, used only when no other stopping rule is
 # The shapes a time budget chooses from, (layers, rnn size, dropout), smallest first; the first is
 # the fixed default. Bigger shapes overfit sooner and get more dropout: 0.2 was measured best for
 # 2x256, the others are single measured runs (sizing.py, bench/RESULTS.md).
-SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35))
-# A shape is affordable when the budget gives it this many passes over the corpus: in 10 minutes on
-# tinyshakespeare a 2x512 lost to a 2x384 making 2x its passes when it made 4.3, and won at 7.5; a
-# 3x512 making 5.5 lost to both.
-MIN_PASSES = 7.0
+SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35), (3, 768, 0.4))
+# A shape is affordable when the budget gives it this many passes over the corpus and this many
+# steps. Passes: in 10 minutes on tinyshakespeare a 2x512 lost to a 2x384 making 2x its passes when
+# it made 4.3 (2,100 steps), and won at 7.5 (3,700); a 3x512 making 5.5 lost to both. Steps: on
+# 500,000 characters a 2x512 making 10.6 passes in 2,300 steps lost by 0.02 to a 2x384 making twice
+# as many, while an hour's 3x768 making 13.5 passes in 6,600 steps beat a 3x512 making 28 by 0.034.
+MIN_PASSES, MIN_STEPS = 7.0, 3000
 # A budget that buys REGULARISE_PASSES or more passes for the shape it picks would overfit that
 # shape, so the run adds DropConnect and averaged weights, the DropConnect stronger the more
 # passes: the entries go from the most passes down, and the first one the budget reaches applies.
 # In 10 minutes: at 20-27 passes (500,000 characters) 0.3 gained 0.038 nats/char and beat 0.5 by
 # 0.016 side by side; at 450 (50,000) 0.5 gained 0.134. 100, between the two, is not measured. An
-# hour's 3x512 at 25 passes kept improving with 0.5 where it plateaued after 9 without. At 7
+# hour's 3x512 overfit after 9 passes without; the hour's 3x768 with 0.3 still improved at 13.5. At 7
 # passes there is nothing to regularise and the mask costs steps.
 REGULARISATION = ((100.0, {"weight_drop": 0.5, "ema_decay": 0.998}),
-                  (15.0, {"weight_drop": 0.3, "ema_decay": 0.998}))
+                  (10.0, {"weight_drop": 0.3, "ema_decay": 0.998}))
 REGULARISE_PASSES = REGULARISATION[-1][0]
 REGULARISED_OPTIONS = set().union(*(options for _, options in REGULARISATION))  # a user who gives one keeps it
 NOVEL_DRAWS = 50  # generate.py --novel gives up after this many draws per item asked for
@@ -118,8 +120,8 @@ class ModelConfig:
     rnn_size: int = option(SIZE_LADDER[0][1], "hidden units per layer. A --time-budget run (the default "
                            "10 minutes included) given none of --rnn-size, --num-layers and --dropout picks all "
                            "three: the largest of " + ", ".join(f"{layers}x{n}" for layers, n, _ in SIZE_LADDER)
-                           + f" that makes {MIN_PASSES:g} passes over the corpus in the budget at this machine's "
-                           "measured speed (a small corpus keeps the first). --max-steps, --max-epochs, --resume "
+                           + f" that makes {MIN_PASSES:g} passes over the corpus and {MIN_STEPS:,} steps in the "
+                           "budget at this machine's measured speed (a small corpus keeps the first). --max-steps, --max-epochs, --resume "
                            "and --init-from runs keep the shape they are given",
                            check=POSITIVE_INT)
     num_layers: int = option(SIZE_LADDER[0][0], "stacked layers (picked with --rnn-size on a time budget)",

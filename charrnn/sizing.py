@@ -17,13 +17,14 @@ from dataclasses import replace
 
 import torch
 
-from charrnn.config import MIN_PASSES, REGULARISATION, SIZE_LADDER, ModelConfig, TrainConfig
+from charrnn.config import MIN_PASSES, MIN_STEPS, REGULARISATION, SIZE_LADDER, ModelConfig, TrainConfig
 from charrnn.distributed import World, sum_all
 from charrnn.model import CharRNN
 
-# A guard, not a measurement: a rung is only considered for a corpus of at least a sixth of its
-# parameter count in characters, so a small corpus keeps the first rung whatever the budget.
-MAX_PARAMETERS_PER_CHAR = 6.0
+# A guard, not a measurement: a rung is only considered for a corpus of at least a twelfth of its
+# parameter count in characters, so a small corpus keeps the first rung whatever the budget. The
+# largest shape measured to gain, an hour's 3x768 on tinyshakespeare, has 12.0 a character.
+MAX_PARAMETERS_PER_CHAR = 12.5
 SHAPE_OPTIONS = {"rnn_size", "num_layers", "dropout"}
 
 
@@ -62,7 +63,7 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
     `regularise`, a shape that the budget gives enough passes to overfit also gets REGULARISATION's
     options for that many passes."""
     start, chosen, passes, timed = time.perf_counter(), config, 0.0, []
-    enough = f"{MIN_PASSES:g} passes over the text in the budget on this machine"
+    enough = f"{MIN_PASSES:g} passes over the text and {MIN_STEPS:,} steps in the budget on this machine"
     limit = f"no larger size makes {enough}"
     for rung, (layers, size, dropout) in enumerate(SIZE_LADDER):
         candidate = config.with_options(num_layers=layers, rnn_size=size, dropout=dropout)
@@ -74,8 +75,9 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
         # so that all of them stop at the same shape
         speed = sum_all(world, [chars_per_second(candidate, vocab_size, device, amp)], device)[0]
         affordable = speed * config.time_budget / train_chars
-        timed.append(f"{layers}x{size} {affordable:.1f}")
-        if rung and affordable < MIN_PASSES:
+        steps = speed * config.time_budget / (config.batch_size * config.seq_length * world.size)
+        timed.append(f"{layers}x{size} {affordable:.1f} ({steps:,.0f} steps)")
+        if rung and (affordable < MIN_PASSES or steps < MIN_STEPS):
             break
         if rung:
             limit = f"the largest size that makes {enough}"

@@ -471,11 +471,24 @@ def test_a_budget_picks_the_largest_rung_that_makes_enough_passes(monkeypatch):
     assert chosen == gru and timed == [(2, 256), (2, 384)] and "no larger size makes" in why
 
 
+def test_a_rung_needs_enough_steps_as_well_as_passes(monkeypatch):
+    monkeypatch.setattr(sizing, "chars_per_second",
+                        lambda config, *_: 7_680_000.0 / config.model.rnn_size / (config.model.num_layers - 1))
+    # 2x384 trains 20,000 chars/s: 12 passes over 1M characters in 600 s, but with 256-row batches
+    # only 1,465 steps, fewer than MIN_STEPS
+    big_batches = TrainConfig(time_budget=600.0, batch_size=256)
+    chosen, why = sizing.size_for_budget(big_batches, 1_000_000, 65, torch.device("cpu"), None)
+    assert chosen.model.rnn_size == 256 and "2x384 12.0 (1,465 steps)" in why and "3,000 steps" in why
+    # with the default 64 rows the 2x512 makes 9 passes in 4,395 steps; a 3x512 4.5 passes
+    chosen, _ = sizing.size_for_budget(replace(big_batches, batch_size=64), 1_000_000, 65, torch.device("cpu"), None)
+    assert (chosen.model.num_layers, chosen.model.rnn_size) == (2, 512)
+
+
 def test_a_shape_that_reads_a_small_corpus_many_times_is_regularised(monkeypatch):
     timed = []
     monkeypatch.setattr(sizing, "chars_per_second", lambda config, *_: timed.append(config.model.rnn_size) or 10_000.0)
     config = TrainConfig(time_budget=600.0)
-    # 50,000 characters: a 2x384 has more than 6 parameters a character; the 2x256 makes 120 passes
+    # 50,000 characters: a 2x384 has more than 12.5 parameters a character; the 2x256 makes 120 passes
     chosen, why = sizing.size_for_budget(config, 50_000, 65, torch.device("cpu"), None)
     assert timed == [256] and chosen.model.rnn_size == 256 and "50,000 characters" in why
     assert (chosen.model.weight_drop, chosen.ema_decay) == (0.5, 0.998)
