@@ -26,7 +26,8 @@ SIZE_LADDER = ((2, 256, 0.2), (2, 384, 0.25), (2, 512, 0.3), (3, 512, 0.35), (3,
 # steps. Passes: in 10 minutes on tinyshakespeare a 2x512 lost to a 2x384 making 2x its passes when
 # it made 4.3 (2,100 steps), and won at 7.5 (3,700); a 3x512 making 5.5 lost to both. Steps: on
 # 500,000 characters a 2x512 making 10.6 passes in 2,300 steps lost by 0.02 to a 2x384 making twice
-# as many, while an hour's 3x768 making 13.5 passes in 6,600 steps beat a 3x512 making 28 by 0.034.
+# as many, and won by 0.010 making 3,700; an hour's 3x768 making 13.5 passes in 6,600 steps beat a
+# 3x512 making 28 by 0.034.
 MIN_PASSES, MIN_STEPS = 7.0, 3000
 # A budget that buys REGULARISE_PASSES or more passes for the shape it picks would overfit that
 # shape, so the run adds DropConnect and averaged weights, the DropConnect stronger the more
