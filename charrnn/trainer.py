@@ -320,8 +320,10 @@ class Trainer:
                                                        "elapsed": round(self.elapsed, 2)})
                 done = self.finished()
                 regular = done or self.step % c.eval_every == 0 or self.elapsed - last_eval >= eval_interval(c)
+                saved = False
                 if regular or evaluation_due(self.step, c.eval_every, self.batches.steps_per_epoch):
                     row = self.evaluate_and_save(train_loss, cps, quick=not regular)
+                    saved = regular
                     if regular:
                         say(self._report(row))
                     clock.new_window()
@@ -331,7 +333,7 @@ class Trainer:
                 if done or stopping:
                     break
         interrupted = stopping and not done
-        if interrupted:
+        if not saved:  # stopped by a signal, or by the time a quick evaluation took: last.pt is behind
             self.save("last.pt")
             self.run_dir.write_logs(self.logs)
         if main and self.run_dir.writes:

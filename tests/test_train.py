@@ -444,6 +444,25 @@ def test_a_short_time_budget_run_evaluates_before_its_end(tmp_path, monkeypatch)
     assert len([r for r in evals if "val_loss" in r]) >= 4
 
 
+def test_a_budget_that_ends_during_a_quick_evaluation_still_saves_the_last_step(tmp_path, monkeypatch):
+    """A pass-end evaluation can take the run past its budget; last.pt and the logs then hold that step."""
+    late, real_clock = [0.0], time.perf_counter
+    monkeypatch.setattr("charrnn.trainer.time.perf_counter", lambda: real_clock() + late[0])
+    evaluate_and_save = Trainer.evaluate_and_save
+
+    def slow_when_quick(self, *args, quick=False):
+        late[0] += 3600.0 * quick  # this evaluation's time ends the budget
+        return evaluate_and_save(self, *args, quick=quick)
+
+    monkeypatch.setattr(Trainer, "evaluate_and_save", slow_when_quick)
+    run_dir = tmp_path / "run"
+    summary = train(tiny(corpus_file(tmp_path), run_dir, max_steps=None, time_budget=600.0, eval_every=10**6,
+                         sample_length=0))
+    evals = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines() if "val_loss" in r]
+    assert 0 < summary["step"] < 100 and evals[-1]["step"] == summary["step"]
+    assert checkpoint.load(run_dir / "last.pt")["progress"]["step"] == summary["step"]
+
+
 # --- the model's size on a time budget (charrnn.sizing) ---
 
 def test_a_budget_picks_the_largest_rung_that_makes_enough_passes(monkeypatch):
