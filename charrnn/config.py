@@ -122,8 +122,8 @@ class ModelConfig:
                            "10 minutes included) given none of --rnn-size, --num-layers and --dropout picks all "
                            "three: the largest of " + ", ".join(f"{layers}x{n}" for layers, n, _ in SIZE_LADDER)
                            + f" that makes {MIN_PASSES:g} passes over the corpus and {MIN_STEPS:,} steps in the "
-                           "budget at this machine's measured speed (a small corpus keeps the first). --max-steps, --max-epochs, --resume "
-                           "and --init-from runs keep the shape they are given",
+                           "budget at this machine's measured speed (a small corpus keeps the first). --max-steps, "
+                           "--max-epochs, --resume and --init-from runs keep the shape they are given",
                            check=POSITIVE_INT)
     num_layers: int = option(SIZE_LADDER[0][0], "stacked layers (picked with --rnn-size on a time budget)",
                              check=POSITIVE_INT)

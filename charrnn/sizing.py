@@ -21,9 +21,9 @@ from charrnn.config import MIN_PASSES, MIN_STEPS, REGULARISATION, SIZE_LADDER, M
 from charrnn.distributed import World, sum_all
 from charrnn.model import CharRNN
 
-# A guard, not a measurement: a rung is only considered for a corpus of at least a twelfth of its
-# parameter count in characters, so a small corpus keeps the first rung whatever the budget. The
-# largest shape measured to gain, an hour's 3x768 on tinyshakespeare, has 12.0 a character.
+# A guard, not a measurement: a rung is only considered where it has at most this many parameters
+# per training character, so a small corpus keeps the first rung whatever the budget. The largest
+# shape measured to gain, an hour's 3x768 on tinyshakespeare, has 12.0.
 MAX_PARAMETERS_PER_CHAR = 12.5
 SHAPE_OPTIONS = {"rnn_size", "num_layers", "dropout"}
 
