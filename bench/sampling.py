@@ -1,8 +1,9 @@
 """Sampling speed against the machine's floor, for one stream and for a batch; time to first character.
 
-A character must read each big weight matrix once: for the default 2-layer LSTM, layer 0's
-hidden-to-hidden and layer 1's input-to-hidden and hidden-to-hidden, three 256x1024 float32 matrices
-(layer 0's input product is a row of a precomputed table). The floor is those products alone, in
+A character must read each big weight matrix once: for a 2-layer LSTM, layer 0's hidden-to-hidden
+and layer 1's input-to-hidden and hidden-to-hidden, three H x 4H float32 matrices (layer 0's input
+product is a row of a precomputed table); with the copy attention, also the M x 64 keys of its
+memory. The floor is those products alone, in
 numpy, on random matrices of the model's sizes: (1, H) @ (H, G*H) each, for one stream, and
 (B, H) @ (H, G*H) for B streams, best of --repeats. charrnn's speed is generate() end to end (the
 prime, the step, the draw, the loop), best of --repeats; the two are measured in turn in the same
@@ -45,7 +46,7 @@ from common import SHAKESPEARE
 
 from charrnn import checkpoint
 from charrnn.config import SampleConfig
-from charrnn.model import GATE_ORDER
+from charrnn.model import COPY_KEY, GATE_ORDER
 from charrnn.sample import generate
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,17 +62,23 @@ def one_step_checkpoint(folder: Path) -> Path:
 
 def floor_chars_per_sec(config, streams: int, seconds: float = 1.0) -> float:
     """Characters per second if a step cost only its big products: every layer's (B, H) @ (H, G*H)
-    hidden-to-hidden and every layer but the first's input-to-hidden, into a buffer made once."""
+    hidden-to-hidden and every layer but the first's input-to-hidden, into a buffer made once;
+    with the copy attention, also its read of the memory's keys, (B, M, D) @ (B, D, 1)."""
     h, g = config.rnn_size, len(GATE_ORDER[config.model]) * config.rnn_size
     rng = np.random.default_rng(0)
     weights = [rng.standard_normal((h, g), dtype=np.float32) for _ in range(2 * config.num_layers - 1)]
     x = rng.standard_normal((streams, h), dtype=np.float32)
     out = np.empty((streams, g), np.float32)
+    keys = rng.standard_normal((streams, config.copy_memory, COPY_KEY), dtype=np.float32)
+    query = rng.standard_normal((streams, COPY_KEY, 1), dtype=np.float32)
+    scores = np.empty((streams, config.copy_memory, 1), np.float32)
     steps, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
         for _ in range(10):
             for w in weights:
                 np.matmul(x, w, out=out)
+            if config.copy_memory:
+                np.matmul(keys, query, out=scores)
         steps += 10
     return steps * streams / elapsed
 

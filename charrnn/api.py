@@ -96,7 +96,8 @@ class Model:
         lines = [f"checkpoint {i['checkpoint']}",
                  f"corpus {corpus.get('name', 'unknown')}"
                  + (f" ({corpus['length']:,} chars)" if "length" in corpus else "") + f", vocabulary {i['vocab_size']}",
-                 f"model {cfg['model']} {cfg['num_layers']}x{cfg['rnn_size']}, {i['parameters']:,} parameters"]
+                 f"model {cfg['model']} {cfg['num_layers']}x{cfg['rnn_size']}, {i['parameters']:,} parameters"
+                 + (f", copy attention over {cfg['copy_memory']:,} characters" if cfg.get("copy_memory") else "")]
         if i["step"] is not None:
             best = i["best_val_loss"]
             loss = (f"best validation loss {best:.4f} nats/char ({best / math.log(2):.3f} bits)"

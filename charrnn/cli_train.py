@@ -7,7 +7,8 @@ from charrnn.config import ModelConfig, TrainConfig
 GROUPS = {  # help sections, in order: (config class, its fields)
     "data": (TrainConfig, ["corpus", "encoding", "val_frac", "test_frac", "batching", "items", "item_separator",
                            "labels"]),
-    "model": (ModelConfig, ["model", "rnn_size", "num_layers", "embedding_size", "dropout", "weight_drop"]),
+    "model": (ModelConfig, ["model", "rnn_size", "num_layers", "embedding_size", "dropout", "weight_drop",
+                            "copy_memory"]),
     "optimisation": (TrainConfig, ["seq_length", "batch_size", "learning_rate", "min_lr_frac", "warmup_steps",
                                    "weight_decay", "grad_clip", "ema_decay"]),
     "how long (whichever comes first; with none given, 10m)": (TrainConfig, ["max_steps", "max_epochs",

@@ -2,7 +2,9 @@
 and the same model's one-character step written out in numpy for fast sampling.
 
 Dimensions in shape comments: B batch, T time, V vocabulary, E input width, H rnn size, L layers,
-G gate blocks per layer. The hidden state is always a tuple: (h,) or, for an LSTM, (h, c), each (L, B, H).
+G gate blocks per layer, M copy memory, D copy key width. The state is always a tuple: (h,) or, for an
+LSTM, (h, c), each (L, B, H); with the copy attention, followed by its memory, keys (M, B, D) and
+the characters read at those steps (M, B, 1), -1 where the text has not reached yet.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ RNN_CLASSES = dict(zip(CELLS, (nn.RNN, nn.LSTM, nn.GRU)))
 # PyTorch's weight layout: each layer's weights stack G gate blocks of H rows, in this order.
 GATE_ORDER = {"rnn": ("n",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 State = tuple[torch.Tensor, ...]
+COPY_KEY = 64  # D: the copy attention's query and key width
 
 
 def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -30,6 +33,9 @@ def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     for k in range(config.num_layers):
         shapes[f"rnn.weight_ih_l{k}"] = (g * h, e if k == 0 else h)
         shapes[f"rnn.weight_hh_l{k}"] = (g * h, h)
+    if config.copy_memory:
+        shapes.update({"copy_query.weight": (COPY_KEY, h), "copy_key.weight": (COPY_KEY, h),
+                       "copy_value.weight": (v, h), "copy_out.weight": (h, h)})
     return shapes
 
 
@@ -42,6 +48,12 @@ class CharRNN(nn.Module):
     With `weight_drop` (DropConnect on the recurrent weights, as AWD-LSTM: Merity et al. 2017), a
     training forward drops entries of each layer's hidden-to-hidden weights: one mask per call,
     the same at every time step. Evaluation uses the plain weights.
+
+    With `copy_memory` M, the LSTM's output at each step attends to its own outputs of the last M
+    steps (by learnt queries and keys) and to a learnt sink, which means "copy nothing", and reads
+    the character that followed each step attended to; the read, through a learnt vector per
+    character and a linear layer started at zero, is added to the output before the head. That is
+    how it repeats a speaker's name from a few speeches back, which an LSTM's state cannot hold.
     """
 
     def __init__(self, config: ModelConfig):
@@ -59,6 +71,14 @@ class CharRNN(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.rnn_size, config.vocab_size)
         self.log_softmax = nn.LogSoftmax(dim=-1)
+        if config.copy_memory:
+            h = config.rnn_size
+            self.copy_query, self.copy_key = nn.Linear(h, COPY_KEY), nn.Linear(h, COPY_KEY)
+            self.copy_sink = nn.Parameter(torch.zeros(COPY_KEY))
+            self.copy_value = nn.Embedding(config.vocab_size, h)
+            self.copy_out = nn.Linear(h, h)
+            nn.init.zeros_(self.copy_out.weight)  # start as the plain model, and learn to copy from there
+            nn.init.zeros_(self.copy_out.bias)
 
     def forward(self, idx: torch.Tensor, state: State | None = None,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
@@ -67,11 +87,39 @@ class CharRNN(nn.Module):
             raise ValueError("a model trained with labels needs one per row, and one without takes none")
         if labels is not None:
             x = x + self.label_embed(labels)[:, None]  # (B, 1, E): the same label at every step
-        hx = state if state is None or self.config.model == "lstm" else state[0]  # nn.RNN/GRU take h alone
-        out, hx = self.recur(x, hx)              # (B, T, H)
+        lstm = self.config.model == "lstm"
+        hx, memory = (None, None) if state is None else (state[:1 + lstm], state[1 + lstm:] or None)
+        out, hx = self.recur(x, hx if hx is None or lstm else hx[0])  # (B, T, H); nn.RNN/GRU take h alone
+        state = tuple(hx) if lstm else (hx,)
+        if self.config.copy_memory:
+            out, memory = self.copy(out, idx, memory)
+            state += memory
         logits = self.head(self.drop(out))       # (B, T, V)
-        state = hx if self.config.model == "lstm" else (hx,)
         return self.log_softmax(logits.float()), state  # fp32 log-probs even under autocast
+
+    def copy(self, out: torch.Tensor, idx: torch.Tensor, memory: State | None) -> tuple[torch.Tensor, State]:
+        """The copy attention: out (B, T, H) plus what each step reads from the last M steps."""
+        (B, T), M = idx.shape, self.config.copy_memory
+        if memory is None:  # nothing read yet: M steps of -1, none of them attended to
+            memory = (out.new_zeros(M, B, COPY_KEY, dtype=torch.float32),
+                      out.new_full((M, B, 1), -1.0, dtype=torch.float32))
+        new_keys = self.copy_key(out)
+        keys = torch.cat([memory[0].transpose(0, 1).to(new_keys.dtype), new_keys], 1)      # (B, M + T, D)
+        read = torch.cat([memory[1][..., 0].T, idx.float()], 1)                            # (B, M + T)
+        # step t (at M + t) attends to steps j in [t, M + t): each key but the last, with the
+        # character that followed it; a step before the text (-1) is never attended to
+        query = self.copy_query(out) / COPY_KEY ** 0.5
+        scores = query @ keys[:, :-1].transpose(1, 2).to(query.dtype)                     # (B, T, M + T - 1)
+        sink = query @ self.copy_sink.to(query.dtype)                                     # (B, T)
+        j = torch.arange(M + T - 1, device=idx.device)
+        t = torch.arange(T, device=idx.device)[:, None]
+        hidden = (j < t) | (j >= M + t) | (read[:, None, :-1] < 0)
+        weights = torch.cat([sink.float()[..., None], scores.float().masked_fill(hidden, -torch.inf)], -1)
+        weights = weights.softmax(-1)[..., 1:]
+        followed = read[:, None, 1:].long().clamp(min=0).expand(B, T, -1)
+        copied = weights.new_zeros(B, T, self.config.vocab_size).scatter_add_(2, followed, weights)  # (B, T, V)
+        out = out + self.copy_out(copied.to(out.dtype) @ self.copy_value.weight.to(out.dtype))
+        return out, (keys[:, -M:].transpose(0, 1).float(), read[:, -M:].T[..., None])
 
     def recur(self, x: torch.Tensor, hx: State | torch.Tensor | None) -> tuple[torch.Tensor, State | torch.Tensor]:
         """The fused multi-layer call; in training with weight_drop, on DropConnect-masked W_hh."""
@@ -139,8 +187,12 @@ class NumpyStep:
     - A label's share of the first layer's input product is precomputed too (`label_table`), one
       row per label; a stream adds its rows' label rows after the table's, one call a step.
 
+    - The copy attention keeps each row's memory in a ring (`Copy`), and what reading a character
+      adds to the logits, through copy_out and the head, is precomputed: a (V, V) table.
+
     `step(idx, state)` is the plain form: states are tuples of float32 arrays laid out like the
-    model's, (h,) or, for an LSTM, (h, c), each (L, N, H), and the state passed in is left alone.
+    model's, (h,) or, for an LSTM, (h, c), each (L, N, H), then the copy attention's memory if it
+    has one; the state passed in is left alone.
     `step.stream(state)` holds a state in place and moves it on one character a call: the fast
     form, for sampling loops. A model with labels takes each row's label, `labels` (N,).
     """
@@ -184,6 +236,20 @@ class NumpyStep:
             head = torch.cat([model.head.weight.float() * h_scale, model.head.bias.float()[:, None]], 1)
             self.last = np.ascontiguousarray(np.concatenate([w_hh, head.cpu().numpy().T], 1))
             self.layers[-1].append(None)
+            self.copy_memory = cfg.copy_memory
+            if cfg.copy_memory:
+                def array(t: torch.Tensor) -> np.ndarray:
+                    return np.ascontiguousarray(t.float().cpu().numpy())
+
+                # [h, 1] -> [query / sqrt(D), key]: (H + 1, 2D)
+                query = torch.cat([model.copy_query.weight * h_scale, model.copy_query.bias[:, None]], 1) / COPY_KEY ** 0.5
+                key = torch.cat([model.copy_key.weight * h_scale, model.copy_key.bias[:, None]], 1)
+                self.copy_weights = array(torch.cat([query, key]).T)
+                self.copy_sink = array(model.copy_sink)
+                # what reading a character adds to the logits, through copy_out and the head: (V, V), (V,)
+                head = model.head.weight.float().T
+                self.copy_table = array(model.copy_value.weight.float() @ model.copy_out.weight.float().T @ head)
+                self.copy_bias = array(model.copy_out.bias.float() @ head)
 
     @functools.cached_property
     def turned(self) -> tuple[list, np.ndarray]:
@@ -254,6 +320,7 @@ class NumpyStep:
             # array operands: a Python float costs a conversion on every call
             self.ones, self.halves = by_rows(np.ones((1, 3 * n), f32)), by_rows(np.full((1, 2 * n), 0.5, f32))
             tmp = buffer(n)
+            self.copy = None if not step.copy_memory else NumpyStep.Copy(step, by_rows(h1[-1]), rows)
             self.layers, self.c, self.shares = [], [], []
             for k, (w_in, w_hh) in enumerate(weights):
                 x = None if k == 0 else h1[k - 1]
@@ -279,22 +346,25 @@ class NumpyStep:
             self.load(state)
 
         def load(self, state: NumpyState) -> None:
-            """Set the state: (h,) or (h, c), each (L, N, H)."""
+            """Set the state: (h,) or (h, c), each (L, N, H), and the copy attention's memory."""
             for k, h in enumerate(self.h):
                 np.multiply(state[0][k], 2.0 if self.cell == "lstm" else 1.0, out=h)
             for k, c in enumerate(self.c):
                 c[...] = state[1][k]
+            if self.copy:
+                self.copy.load(*state[-2:])
             for a, b, share in self.shares[:-1]:  # each layer's share of the next step
                 np.matmul(a, b, out=share)
             np.matmul(*self.last[:2], out=self.last[2])
 
         def state(self) -> NumpyState:
-            """A copy of the state: (h,) or (h, c), each (L, N, H)."""
+            """A copy of the state, laid out as `load` takes it."""
             h = np.stack(self.h)
+            memory = self.copy.state() if self.copy else ()
             if self.cell != "lstm":
-                return (h,)
+                return (h, *memory)
             h *= 0.5
-            return h, np.stack(self.c)
+            return h, np.stack(self.c), *memory
 
         def first_share(self, idx: np.ndarray) -> np.ndarray:
             """The first layer's input share of the step: the table's row of each character."""
@@ -358,7 +428,57 @@ class NumpyStep:
                     if hh_b is not None:
                         matmul(hh_a, hh_b, out=gh)
             matmul(*self.last[:2], out=self.last[2])      # the logits, and the next call's share
+            if self.copy:
+                add(self.logits, self.copy(idx), out=self.logits)
             return self.logits
+
+    class Copy:
+        """The copy attention's step for a stream: its memory, in a ring of M slots per row.
+
+        Slot s holds a step's key and the character read at it, and `followed` the character read
+        after it (offset by the row's start in a flat (N * V) array, for one bincount). A new step
+        overwrites the oldest slot, whose own character is no longer read by anything.
+        """
+
+        def __init__(self, step: NumpyStep, top: np.ndarray, rows: int):
+            m, self.vocab = step.copy_memory, len(step.copy_bias)
+            self.step, self.top = step, top  # top: the last layer's [h, 1] (2h for an LSTM), (N, H + 1)
+            self.keys = np.zeros((rows, m, COPY_KEY), np.float32)
+            self.read = np.zeros((rows, m), np.intp)
+            self.followed = np.zeros((rows, m), np.intp)
+            self.mask = np.zeros((rows, m), np.float32)  # 0 for a step of the text, -inf before it
+            self.at = 0  # the oldest step's slot, where the next one goes
+            self.offsets = np.arange(rows) * self.vocab
+
+        def load(self, keys: np.ndarray, read: np.ndarray) -> None:
+            """The model's layout, oldest step first: keys (M, N, D), characters (M, N, 1)."""
+            read = read[..., 0].T.astype(np.intp)  # (N, M), -1 before the text
+            self.keys[...] = keys.transpose(1, 0, 2)
+            self.mask[...] = np.where(read >= 0, 0.0, -np.inf)
+            self.read[...] = np.maximum(read, 0)
+            self.followed[:, :-1] = self.read[:, 1:] + self.offsets[:, None]
+            self.at = 0
+
+        def state(self) -> tuple[np.ndarray, np.ndarray]:
+            order = np.roll(np.arange(self.read.shape[1]), -self.at)
+            read = np.where(self.mask == 0, self.read, -1)[:, order].T[..., None].astype(np.float32)
+            return np.ascontiguousarray(self.keys[:, order].transpose(1, 0, 2)), read
+
+        def __call__(self, idx: np.ndarray) -> np.ndarray:
+            """idx (N,), the characters just read -> what attending adds to the logits (N, V)."""
+            step, at = self.step, self.at
+            query, key = np.split(self.top @ step.copy_weights, 2, axis=1)
+            self.read[:, at] = idx
+            self.followed[:, at - 1] = idx + self.offsets  # the newest step is followed by this one
+            scores = np.matmul(self.keys, query[:, :, None])[..., 0]  # (N, M)
+            scores += self.mask
+            sink = query @ step.copy_sink
+            top = np.maximum(scores.max(1), sink)
+            weights = np.exp(scores - top[:, None])
+            weights /= (weights.sum(1) + np.exp(sink - top))[:, None]
+            copied = np.bincount(self.followed.ravel(), weights.ravel(), len(self.offsets) * self.vocab)
+            self.keys[:, at], self.mask[:, at], self.at = key, 0.0, (at + 1) % self.read.shape[1]
+            return copied.reshape(-1, self.vocab).astype(np.float32) @ step.copy_table + step.copy_bias
 
 
 @torch.no_grad()
@@ -369,17 +489,21 @@ def grow_vocab(model: CharRNN, old_symbols: list[str], new_symbols: list[str], c
 
     Every old symbol keeps its input and output rows. A new one gets a fresh input row and an
     output row of zeros with the lowest bias of any old one: it starts less likely than a typical
-    known character, and its gradient is not zero, so it is learnt. Labels the base model knew
-    keep their rows; new labels start fresh.
+    known character, and its gradient is not zero, so it is learnt. Its copy attention row is zero:
+    copying it adds nothing until that is learnt. Labels the base model knew keep their rows; new
+    labels start fresh.
     """
     grown = CharRNN(config)
     old, new = model.state_dict(), grown.state_dict()
     rows = [new_symbols.index(c) for c in old_symbols]
+    by_symbol = ["embed.weight", "head.weight", "head.bias"] + (["copy_value.weight"] if config.copy_memory else [])
     new["head.weight"].zero_()
     new["head.bias"].fill_(old["head.bias"].min())
-    for name in ("embed.weight", "head.weight", "head.bias"):
+    if config.copy_memory:
+        new["copy_value.weight"].zero_()
+    for name in by_symbol:
         new[name][rows] = old[name]
-    new.update({k: v for k, v in old.items() if k.startswith("rnn.")})
+    new.update({k: v for k, v in old.items() if k.startswith(("rnn.", "copy_")) and k not in by_symbol})
     for i, label in enumerate(old_labels):
         if label in new_labels:
             new["label_embed.weight"][new_labels.index(label)] = old["label_embed.weight"][i]

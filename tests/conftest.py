@@ -29,16 +29,25 @@ def text_file(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint (best.pt): a small 2-layer LSTM trained 150 steps (about a second) on make_text()."""
+    return tiny_run(tmp_path_factory.mktemp("tiny_run"))
+
+
+@pytest.fixture(scope="session")
+def copy_checkpoint(tmp_path_factory) -> Path:
+    """The same with a copy attention over 48 characters, fewer than a line of the text."""
+    return tiny_run(tmp_path_factory.mktemp("copy_run"), copy_memory=48)
+
+
+def tiny_run(root: Path, **options) -> Path:
     from charrnn.config import TrainConfig
     from charrnn.launch import train
 
-    root = tmp_path_factory.mktemp("tiny_run")
     text = root / "toy.txt"
     text.write_text(make_text(), encoding="utf-8")
     config = TrainConfig.from_options(corpus=str(text), rnn_size=32, num_layers=2, embedding_size=16, seq_length=32,
                          batch_size=16, learning_rate=1e-2, warmup_steps=5, max_steps=150, eval_every=50,
                          checkpoint_dir=str(root / "run"), device="cpu", seed=0,
-                         threads=1)  # on a shared 2-core machine, 2 threads can be 100x slower
+                         threads=1, **options)  # on a shared 2-core machine, 2 threads can be 100x slower
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:  # the per-test cache fixture is not active at session scope
         mp.setenv("CHARRNN_CACHE_DIR", str(root / "cache"))

@@ -64,12 +64,13 @@ def test_console_scripts_are_the_command_line(tmp_path):
 
 def test_grow_vocab_keeps_old_rows_and_starts_new_characters_unlikely():
     torch.manual_seed(0)
-    old = CharRNN(ModelConfig(vocab_size=3, rnn_size=8, num_layers=1, embedding_size=4))
+    old = CharRNN(ModelConfig(vocab_size=3, rnn_size=8, num_layers=1, embedding_size=4, copy_memory=16))
     grown = grow_vocab(old, list("abc"), list("Zabcd"), ModelConfig(vocab_size=5, rnn_size=8, num_layers=1,
-                                                                    embedding_size=4, dropout=0.5))
-    for name in ("embed.weight", "head.weight", "head.bias"):
+                                                                    embedding_size=4, dropout=0.5, copy_memory=16))
+    for name in ("embed.weight", "head.weight", "head.bias", "copy_value.weight"):
         assert torch.equal(grown.state_dict()[name][1:4], old.state_dict()[name])
     assert torch.equal(grown.rnn.weight_hh_l0, old.rnn.weight_hh_l0) and grown.drop.p == 0.5
+    assert torch.equal(grown.copy_key.weight, old.copy_key.weight) and not grown.copy_value.weight[[0, 4]].any()
     log_probs = grown(torch.tensor([[1, 2, 3]]))[0][0, -1]
     assert log_probs.exp()[[0, 4]].max() < 1 / 5  # new characters start unlikely...
     log_probs[0].neg().backward()

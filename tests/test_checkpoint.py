@@ -40,6 +40,17 @@ def test_round_trip_gives_identical_log_probs(tmp_path):
     assert torch.equal(model(x)[0], original.eval()(x)[0])
 
 
+def test_a_checkpoint_from_before_the_copy_attention_loads_without_it(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(len(VOCAB), "lstm", rnn_size=16, num_layers=1, embedding_size=8, copy_memory=0)
+    old = CharRNN(config).eval()
+    saved = {k: v for k, v in asdict(config).items() if k != "copy_memory"}  # as saved before the option
+    checkpoint.save({"vocab": VOCAB, "model_config": saved, "model": old.state_dict()}, tmp_path / "old.pt")
+    model, vocab = checkpoint.build_model(checkpoint.load(tmp_path / "old.pt"))
+    x = torch.tensor([vocab.encode("badge cafe")])
+    assert model.config.copy_memory == 0 and torch.equal(model(x)[0], old(x)[0])
+
+
 def test_save_replaces_and_leaves_no_temp_file(tmp_path):
     path = tmp_path / "sub" / "last.pt"
     checkpoint.save(payload(0), path)

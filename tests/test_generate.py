@@ -98,6 +98,13 @@ def test_info_describes_the_checkpoint(tiny_checkpoint, cli):
     assert f"best validation loss {ckpt['progress']['best_val_loss']:.4f}" in out
 
 
+def test_a_model_with_the_copy_attention_says_so_and_samples_repeatably(copy_checkpoint, cli):
+    assert "copy attention over 48 characters" in cli("--checkpoint", copy_checkpoint, "--info")[1]
+    args = ("--checkpoint", copy_checkpoint, "--prime", "the ", "--length", 200, "--num-samples", 3, "--seed", 4)
+    code, out, _ = cli(*args)
+    assert code == 0 and out == cli(*args)[1] and out.count("--- sample ") == 3
+
+
 def test_score_prints_nats_and_bits_per_character(tiny_checkpoint, cli, tmp_path):
     text = "the quick brown fox jumps over the lazy dog.\n" * 30
     path = tmp_path / "some.txt"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from charrnn import checkpoint
 from charrnn.interactive import HELP, Session, run
 import numpy as np
 
@@ -72,12 +73,14 @@ def test_empty_line_continues_the_last_output(trained):
     assert session.out.getvalue() == whole[:15] + "\n" + whole[15:] + "\n"
 
 
-def test_each_line_is_fed_after_the_text_so_far(trained):
-    session = new_session(trained, temperature=0.0, length=15)
+@pytest.mark.parametrize("run", ["tiny_checkpoint", "copy_checkpoint"])
+def test_each_line_is_fed_after_the_text_so_far(run, request):
+    trained = checkpoint.build_model(checkpoint.load(request.getfixturevalue(run)))
+    session = new_session(trained, temperature=0.0, length=30)
     session.handle("ab")
     first = session.out.getvalue()[:-1]
-    session.handle(" the")
-    assert session.out.getvalue() == f"{first}\n{greedy(trained, 'ab' + first + ' the', 15)}\n"
+    session.handle(" the")  # with the copy attention, its memory of 48 steps goes round
+    assert session.out.getvalue() == f"{first}\n{greedy(trained, 'ab' + first + ' the', 30)}\n"
 
 
 def test_reset_forgets_the_text_so_far(trained):

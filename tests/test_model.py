@@ -13,7 +13,12 @@ CELLS = ["rnn", "lstm", "gru"]
 def tiny(model: str = "lstm", vocab_size: int = 11, **kw) -> CharRNN:
     torch.manual_seed(0)
     config = ModelConfig(vocab_size, model, **{"rnn_size": 16, "num_layers": 2, "embedding_size": 8, **kw})
-    return CharRNN(config).eval()
+    model = CharRNN(config).eval()
+    if config.copy_memory:  # as if trained: a copy layer started at zero adds nothing to test
+        with torch.no_grad():
+            torch.nn.init.normal_(model.copy_out.weight, std=0.5)
+            torch.nn.init.normal_(model.copy_sink)
+    return model
 
 
 def batch(vocab_size: int = 11, b: int = 3, t: int = 10) -> torch.Tensor:
@@ -79,11 +84,13 @@ def test_state_list_round_trip(cell):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_numpy_step_equals_the_model_step_by_step(cell):
-    torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=11, model=cell, rnn_size=16, num_layers=3, embedding_size=8)).eval()
+@pytest.mark.parametrize("copy_memory", [0, 5])
+def test_numpy_step_equals_the_model_step_by_step(cell, copy_memory):
+    model = tiny(cell, num_layers=3, copy_memory=copy_memory)
     batch, layers, hidden = 3, 3, 16
     state = tuple(torch.randn(layers, batch, hidden) for _ in range(2 if cell == "lstm" else 1))
+    if copy_memory:  # a memory of 5 steps: 3 before the text, then 2 of it
+        state += tuple(s.detach() for s in model(torch.randint(0, 11, (batch, 2)))[1][len(state):])
     step, model_state = NumpyStep(model), state
     step_state = tuple(s.numpy() for s in state)
     idx = torch.randint(0, 11, (batch, 12))
@@ -95,3 +102,51 @@ def test_numpy_step_equals_the_model_step_by_step(cell):
             assert len(step_state) == len(model_state)
             for mine, theirs in zip(step_state, model_state):
                 assert torch.allclose(torch.from_numpy(np.asarray(mine)), theirs, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the copy attention
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_copy_attention_is_causal_and_chunks_equal_one_pass_past_its_memory(cell):
+    model, x = tiny(cell, copy_memory=6), batch(t=30)
+    whole, whole_state = model(x)
+    assert len(whole_state) == (2 if cell == "lstm" else 1) + 2
+    assert whole_state[-2].shape == (6, 3, 64) and whole_state[-1].shape == (6, 3, 1)
+    chunks, state = [], None
+    for start in range(0, 30, 7):  # each chunk attends across the previous one's end
+        out, state = model(x[:, start:start + 7], state)
+        chunks.append(out)
+    assert torch.allclose(torch.cat(chunks, 1), whole, atol=1e-5)
+    changed = x.clone()
+    changed[:, 20] = (changed[:, 20] + 1) % 11
+    after = model(changed)[0]
+    assert torch.equal(after[:, :20], whole[:, :20]) and not torch.allclose(after[:, 20:], whole[:, 20:])
+
+
+def test_copy_attention_reads_the_character_after_a_step_it_attends_to():
+    model, x = tiny(copy_memory=4), batch(b=1, t=8)
+    with torch.no_grad():  # keys that match every query strongly, a sink never chosen
+        model.copy_key.weight.zero_(); model.copy_key.bias.fill_(3.0)
+        model.copy_query.weight.zero_(); model.copy_query.bias.fill_(3.0)
+        model.copy_sink.fill_(-3.0)
+    with_copy = model(x)[0]
+    with torch.no_grad():
+        model.copy_value.weight[x[0, 1:5]] = 0.0  # the characters at 1-4, which step 4 reads
+    without = model(x)[0]
+    assert torch.allclose(with_copy[:, :1], without[:, :1])  # step 0 has nothing to read
+    assert not torch.allclose(with_copy[:, 4], without[:, 4])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("rows", [1, NumpyStep.WIDE_ROWS + 1])
+def test_numpy_stream_with_copy_attention_follows_the_model_past_its_memory(cell, rows):
+    model, x = tiny(cell, copy_memory=5), batch(b=rows, t=20)
+    expected, expected_state = model(x)
+    _, state = model(x[:, :3])
+    stream = NumpyStep(model).stream(tuple(s.detach().numpy() for s in state))
+    for t in range(3, 20):  # the ring of 5 slots goes round three times
+        logits = torch.from_numpy(stream(x[:, t].numpy()).copy())
+        assert torch.allclose(logits.log_softmax(-1), expected[:, t], atol=1e-5)
+    for mine, theirs in zip(stream.state(), expected_state):
+        assert torch.allclose(torch.from_numpy(mine), theirs, atol=1e-5)

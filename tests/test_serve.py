@@ -292,13 +292,16 @@ def test_command_line_errors_are_one_line(tiny_checkpoint):
     assert result.stderr.strip() == 'error: the server needs its extra: pip install -e ".[serve]"'
 
 
-def test_long_texts_beside_31_others_equal_each_alone(model):
-    """In process, longer: 32 seeded requests of 1,000 characters joining one batch at different steps."""
+@pytest.mark.parametrize("copy", [False, True], ids=["plain", "copy attention"])
+def test_long_texts_beside_31_others_equal_each_alone(model, copy_checkpoint, copy):
+    """In process, longer: 32 seeded requests of 1,000 characters joining one batch at different steps
+    (with the copy attention, each row carries its own memory)."""
     import threading
 
     from charrnn.batcher import Batcher, Job
     from charrnn.config import SampleConfig
 
+    model = charrnn.load(copy_checkpoint) if copy else model
     batcher, finished, jobs = Batcher(model), threading.Semaphore(0), []
     batcher.start()
     try:

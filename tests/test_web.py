@@ -86,7 +86,8 @@ def exported(tmp_path_factory, torch_one_thread):
     """name -> (checkpoint path, index.html path) of a small trained model, exported once in float32."""
     root = tmp_path_factory.mktemp("web")
     out = {}
-    for name, cell, sizes in [("rnn", "rnn", {}), ("lstm", "lstm", {}), ("gru", "gru", {}), ("gru-odd", "gru", ODD_SIZES)]:
+    for name, cell, sizes in [("rnn", "rnn", {}), ("lstm", "lstm", {}), ("gru", "gru", {}), ("gru-odd", "gru", ODD_SIZES),
+                              ("lstm-copy", "lstm", {"copy_memory": 24})]:
         ckpt = make_checkpoint(cell, **sizes)
         checkpoint.save(ckpt, root / f"{name}.pt")
         out[name] = (root / f"{name}.pt", export_web(ckpt, root / f"{name}-page", dtype="float32"))
@@ -147,7 +148,8 @@ def page_score(driver, index: Path, text: str, **query) -> tuple[float, int]:
 
 
 @pytest.mark.parametrize("step", ["wasm", "simd", "js"])
-@pytest.mark.parametrize("model, prime", [("rnn", "a small bird"), ("lstm", "the "), ("gru", ""), ("gru-odd", "a ")])
+@pytest.mark.parametrize("model, prime", [("rnn", "a small bird"), ("lstm", "the "), ("gru", ""), ("gru-odd", "a "),
+                                          ("lstm-copy", "the ")])
 def test_greedy_text_is_generate_py_text(browser, exported, model, prime, step):
     ckpt_path, index = exported[model]
     expected = generate_py(ckpt_path, "--prime", prime, "--length", "300", "--temperature", "0")
@@ -167,7 +169,7 @@ SCORED = TEXT[:700] + "the lazy bird (in the sun) sings.\n"
 
 
 @pytest.mark.parametrize("step", ["wasm", "simd", "js"])
-@pytest.mark.parametrize("model", ["rnn", "lstm", "gru", "gru-odd"])
+@pytest.mark.parametrize("model", ["rnn", "lstm", "gru", "gru-odd", "lstm-copy"])
 def test_score_matches_generate_py(browser, exported, model, step, tmp_path):
     ckpt_path, index = exported[model]
     expected_bpc, expected_count = python_score(ckpt_path, SCORED, tmp_path)

@@ -257,6 +257,28 @@ async function simdKernel(count, shapes, relaxed) {
   };
 }
 
+/**
+ * The copy attention's weights, and what reading each character adds to the logits through
+ * copy_out and the head, precomputed: a (V, V) table and a bias (as charrnn.model.NumpyStep).
+ */
+function copyLayer(config, tensors) {
+  const H = config.rnn_size, V = config.vocab_size;
+  const noBias = (n) => new Float64Array(n);
+  const row = (t, u, n) => Float64Array.from(t.subarray(u * n, (u + 1) * n)); // Float64Array: see step()
+  const out = tensors["copy_out.weight"], head = tensors["head.weight"];
+  const table = new Float64Array(V * V);
+  for (let u = 0; u < V; u++) {
+    table.set(affine(head, noBias(V), affine(out, noBias(H), row(tensors["copy_value.weight"], u, H))), u * V);
+  }
+  return {
+    size: config.copy_memory,
+    query: { W: tensors["copy_query.weight"], b: tensors["copy_query.bias"] },
+    key: { W: tensors["copy_key.weight"], b: tensors["copy_key.bias"] },
+    sink: Float64Array.from(tensors["copy_sink"]),
+    table, bias: affine(head, noBias(V), Float64Array.from(tensors["copy_out.bias"])),
+  };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The network: embedding lookup -> stacked RNN/LSTM/GRU -> linear head
 
@@ -280,12 +302,14 @@ class CharModel {
       });
     }
     this.head = { W: tensors["head.weight"], b: tensors["head.bias"] };
+    this.copy = config.copy_memory ? copyLayer(config, tensors) : null;
   }
 
-  /** A state per layer: h, and c for an LSTM; all zeros, like PyTorch's default. */
+  /** A state per layer: h, and c for an LSTM; all zeros, like PyTorch's default; and the copy
+   * attention's memory, empty: each step's key and the character read there. */
   zeroState() {
     const zeros = () => Array.from({ length: this.numLayers }, () => new Float64Array(this.hidden));
-    return { h: zeros(), c: this.cell === "lstm" ? zeros() : null };
+    return { h: zeros(), c: this.cell === "lstm" ? zeros() : null, memory: this.copy ? { keys: [], reads: [] } : null };
   }
 
   /** Read one character (its index; label: a model with labels): the logits for the next one and the new state. */
@@ -302,7 +326,30 @@ class CharModel {
       x = h; // dropout between layers and before the head is off at inference
     });
     // a new array: the caller keeps the logits while other views' steps reuse the kernel's memory
-    return { logits: this.kernel.head(this.head, x), state: next };
+    const logits = this.kernel.head(this.head, x);
+    if (this.copy) next.memory = this.attend(state.memory, x, index, logits);
+    return { logits, state: next };
+  }
+
+  /** The copy attention's step (charrnn.model.CharRNN.copy): add to `logits` what attending to the
+   * memory reads, the character after each step; return the memory with this step in it. */
+  attend(memory, h, index, logits) {
+    const { size, query, key, sink, table, bias } = this.copy, V = bias.length;
+    const q = affine(query.W, query.b, h), scale = 1 / Math.sqrt(q.length);
+    const dot = (k) => { let s = 0; for (let d = 0; d < q.length; d++) s += q[d] * k[d]; return s * scale; };
+    const n = memory.keys.length, weights = new Float64Array(n + 1);
+    weights[n] = dot(sink); // the sink: copy nothing
+    let max = weights[n], total = 0;
+    for (let j = 0; j < n; j++) max = Math.max(max, (weights[j] = dot(memory.keys[j])));
+    for (let j = 0; j <= n; j++) total += (weights[j] = Math.exp(weights[j] - max));
+    const copied = new Float64Array(V);
+    for (let j = 0; j < n; j++) copied[j + 1 < n ? memory.reads[j + 1] : index] += weights[j] / total;
+    for (let v = 0; v < V; v++) logits[v] += bias[v];
+    for (let u = 0; u < V; u++) {
+      if (copied[u] === 0) continue;
+      for (let v = 0, at = u * V; v < V; v++) logits[v] += copied[u] * table[at + v];
+    }
+    return { keys: [...memory.keys, affine(key.W, key.b, h)].slice(-size), reads: [...memory.reads, index].slice(-size) };
   }
 
   /** What generate.py feeds first: the prime's characters, or a newline (else index 0) for none. */
