@@ -40,17 +40,6 @@ REGULARISATION = ((100.0, {"weight_drop": 0.5, "ema_decay": 0.998}),
                   (10.0, {"weight_drop": 0.3, "ema_decay": 0.998}))
 REGULARISE_PASSES = REGULARISATION[-1][0]
 REGULARISED_OPTIONS = set().union(*(options for _, options in REGULARISATION))  # a user who gives one keeps it
-# The copy attention a time budget adds (ModelConfig.copy_memory). Its reach: on tinyshakespeare
-# 1,024 characters is a speech or two, where a speaker's name comes back; 4,096 cost 2.4x the time
-# a step. It is learnt late: a 2x384 with it was behind the plain one for its first 2,500 steps,
-# then 0.026 nats/char ahead at 3,855 steps and 0.072 at 4,742 (bench/RESULTS.md), so a budget
-# that buys it fewer than COPY_MIN_STEPS steps trains without it.
-COPY_MEMORY, COPY_MIN_STEPS = 1024, 4000
-# With the copy attention the regularisers start later: at 9-10 passes, dropout 0.4 or DropConnect
-# 0.3 with averaged weights kept a 2x384 from learning the copy (0.05-0.07 nats/char worse than
-# without them), and a 3x512 with it and no regulariser still improved at 12 passes. Where between
-# 12 and this they start to pay is not measured.
-COPY_REGULARISE_PASSES = 20.0
 NOVEL_DRAWS = 50  # generate.py --novel gives up after this many draws per item asked for
 # generate.py --score --adapt: characters scored between two SGD steps, and the steps' learning rate
 ADAPT_SEGMENT, ADAPT_LR = 64, 0.5
@@ -151,13 +140,6 @@ class ModelConfig:
                                 f"that reads the text {REGULARISE_PASSES:g} times or more: then "
                                 f"{REGULARISATION[-1][1]['weight_drop']:g}, or {REGULARISATION[0][1]['weight_drop']:g} "
                                 f"from {REGULARISATION[0][0]:g} times", check=FRACTION)
-
-    copy_memory: int = option(0, "copy attention over this many past characters: each step attends to the "
-                              "last N steps and reads the character that followed each, so the model can repeat "
-                              "a name or a word from earlier in the text, which an LSTM's state forgets. 0: off, "
-                              "the default unless a time budget buys the size it picks "
-                              f"{COPY_MIN_STEPS:,} steps with it (not with --items): then {COPY_MEMORY:,}",
-                              check=Range(0, 65536, words="an integer from 0 (off) to 65536"))
 
     def __post_init__(self):
         check_fields(self)

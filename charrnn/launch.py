@@ -27,7 +27,7 @@ from charrnn.vocab import Vocab
 RESUMABLE = {"max_steps", "max_epochs", "time_budget", "eval_every", "log_every", "sample_length",
              "sample_prime", "keep_checkpoints", "checkpoint_dir", "device", "dtype", "threads"}
 # Options a fine-tune takes from its base model.
-SHAPE = {"model", "rnn_size", "num_layers", "embedding_size", "copy_memory"}
+SHAPE = {"model", "rnn_size", "num_layers", "embedding_size"}
 # Below this many validation characters the start-up lines say the loss is a rough guide. A mean
 # of n per-character losses is uncertain by about std/sqrt(n), and their std is 2-3.6 nats (3.6
 # on a 22,450-char CJK-like text, whose 2,245-char split gave a bootstrap error of 0.07 nats), so
@@ -67,8 +67,7 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
                 config = config.with_options(**{name: getattr(base.model.config, name) for name in SHAPE})
             trainer = build(config, world, base=base, overwrite=overwrite,
                             size_for_budget=base is None and sizing.wanted(config, overrides),
-                            regularise=not REGULARISED_OPTIONS & (overrides or {}).keys(),
-                            copy=not items.wanted(config) and "copy_memory" not in (overrides or {}))
+                            regularise=not REGULARISED_OPTIONS & (overrides or {}).keys())
         if world.is_main:
             trainer.run_dir.start(asdict(trainer.config))
         trainer.callbacks.extend(callbacks)
@@ -79,8 +78,7 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
 
 def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | None = None,
           base: Base | None = None, run_dir: Path | None = None,
-          overwrite: bool = False, size_for_budget: bool = False, regularise: bool = False,
-          copy: bool = False) -> Trainer:
+          overwrite: bool = False, size_for_budget: bool = False, regularise: bool = False) -> Trainer:
     """Set up the process and build a Trainer: the one place with process-wide side effects."""
     device = pick_device(config.device)
     if device.type == "cuda" and world.active:
@@ -106,7 +104,7 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
             time.sleep(0.25)  # the machine's load over a moment
             probe()
         config, why = sizing.size_for_budget(config, split.train_chars, len(split.vocab), device, amp, world,
-                                             regularise, copy)
+                                             regularise)
         torch.set_num_threads(threads)  # from here on the run's own governor decides
         if why and world.is_main:
             print(why, flush=True)
@@ -279,7 +277,6 @@ def describe(trainer: Trainer, split: Split) -> str:
         f"corpus {info['name']}: {info['length']:,} chars" + (f" in {info['items']:,} items" if "items" in info else "")
         + f", vocabulary {len(trainer.vocab)}, train {split.train_chars:,} / val {split.val_size:,}",
         f"model {m.model} {m.num_layers}x{m.rnn_size}, {trainer.model.num_parameters():,} parameters"
-        + (f", copy attention over the last {m.copy_memory:,} characters" if m.copy_memory else "")
         + (f", DropConnect {m.weight_drop:g} on the recurrent weights" if m.weight_drop else "")
         + (f", averaged weights (decay {c.ema_decay:g}) evaluated and saved" if c.ema_decay else "")
         + f"; batch {c.batch_size}x{c.seq_length} ({'items' if trainer.vocab.items else c.batching})"
