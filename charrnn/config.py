@@ -141,6 +141,13 @@ class ModelConfig:
                                 f"{REGULARISATION[-1][1]['weight_drop']:g}, or {REGULARISATION[0][1]['weight_drop']:g} "
                                 f"from {REGULARISATION[0][0]:g} times", check=FRACTION)
 
+    copy_memory: int = option(0, "an experiment, off by default: copy attention over this many past characters. "
+                              "Each step attends to the last N steps and reads the character that followed each, "
+                              "so the model can repeat a name from earlier in the text; it scores text that "
+                              "repeats names better, but samples from it fall into repeating a character or a "
+                              "word (bench/RESULTS.md, 2026-12-07). 0: off",
+                              check=Range(0, 65536, words="an integer from 0 (off) to 65536"))
+
     def __post_init__(self):
         check_fields(self)
 

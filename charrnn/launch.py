@@ -27,7 +27,7 @@ from charrnn.vocab import Vocab
 RESUMABLE = {"max_steps", "max_epochs", "time_budget", "eval_every", "log_every", "sample_length",
              "sample_prime", "keep_checkpoints", "checkpoint_dir", "device", "dtype", "threads"}
 # Options a fine-tune takes from its base model.
-SHAPE = {"model", "rnn_size", "num_layers", "embedding_size"}
+SHAPE = {"model", "rnn_size", "num_layers", "embedding_size", "copy_memory"}
 # Below this many validation characters the start-up lines say the loss is a rough guide. A mean
 # of n per-character losses is uncertain by about std/sqrt(n), and their std is 2-3.6 nats (3.6
 # on a 22,450-char CJK-like text, whose 2,245-char split gave a bootstrap error of 0.07 nats), so
@@ -277,6 +277,7 @@ def describe(trainer: Trainer, split: Split) -> str:
         f"corpus {info['name']}: {info['length']:,} chars" + (f" in {info['items']:,} items" if "items" in info else "")
         + f", vocabulary {len(trainer.vocab)}, train {split.train_chars:,} / val {split.val_size:,}",
         f"model {m.model} {m.num_layers}x{m.rnn_size}, {trainer.model.num_parameters():,} parameters"
+        + (f", copy attention over the last {m.copy_memory:,} characters" if m.copy_memory else "")
         + (f", DropConnect {m.weight_drop:g} on the recurrent weights" if m.weight_drop else "")
         + (f", averaged weights (decay {c.ema_decay:g}) evaluated and saved" if c.ema_decay else "")
         + f"; batch {c.batch_size}x{c.seq_length} ({'items' if trainer.vocab.items else c.batching})"

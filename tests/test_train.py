@@ -253,6 +253,7 @@ BAD_VALUES += [("--time-budget", v) for v in ("0", "-1", "nan", "abc", "9" * 400
 BAD_VALUES += [("--dropout", v) for v in ("-1", "nan", "abc", "1e9", "1", "inf")]  # 0 is a fine dropout
 BAD_VALUES += [("--weight-drop", v) for v in ("-0.1", "nan", "abc", "1", "0.95")]
 BAD_VALUES += [("--ema-decay", v) for v in ("-0.1", "nan", "abc", "1", "2")]  # 1 would never move
+BAD_VALUES += [("--copy-memory", v) for v in ("-1", "nan", "abc", "1.5", "100000")]
 
 
 @pytest.mark.parametrize("flag,value", BAD_VALUES, ids=[f"{f}={v if len(v) < 20 else '9...9'}" for f, v in BAD_VALUES])
