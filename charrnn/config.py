@@ -144,8 +144,8 @@ class ModelConfig:
     copy_memory: int = option(0, "an experiment, off by default: copy attention over this many past characters. "
                               "Each step attends to the last N steps and reads the character that followed each, "
                               "so the model can repeat a name from earlier in the text; it scores text that "
-                              "repeats names better, but samples from it fall into repeating a character or a "
-                              "word (bench/RESULTS.md, 2026-12-07). 0: off",
+                              "repeats names better, but how much it learns varies from run to run, and an hour "
+                              "with it stalled (bench/RESULTS.md, 2026-12-07). 0: off",
                               check=Range(0, 65536, words="an integer from 0 (off) to 65536"))
 
     def __post_init__(self):

@@ -22,6 +22,13 @@ RNN_CLASSES = dict(zip(CELLS, (nn.RNN, nn.LSTM, nn.GRU)))
 GATE_ORDER = {"rnn": ("n",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 State = tuple[torch.Tensor, ...]
 COPY_KEY = 64  # D: the copy attention's query and key width
+# In training, this share of the rows forget their memory but for a random number of its latest
+# steps (log-uniform, 0 to M - 1) at each window: a sample starts with an empty memory, which the
+# carried memory of training never shows, and a model that has not learnt to copy from a short one
+# copies its own last characters there (`TTTT...` at any temperature). 1/128 still sampled repeats
+# at temperature 0.5; every share tried learnt less copy, within the runs' wide spread
+# (bench/RESULTS.md 2026-12-07, later).
+COPY_FORGET = 1 / 32
 
 
 def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -114,12 +121,20 @@ class CharRNN(nn.Module):
         j = torch.arange(M + T - 1, device=idx.device)
         t = torch.arange(T, device=idx.device)[:, None]
         hidden = (j < t) | (j >= M + t) | (read[:, None, :-1] < 0)
+        if self.training:
+            hidden = hidden | (j < M - self.remembered(B, M, idx.device)[:, None])[:, None]
         weights = torch.cat([sink.float()[..., None], scores.float().masked_fill(hidden, -torch.inf)], -1)
         weights = weights.softmax(-1)[..., 1:]
         followed = read[:, None, 1:].long().clamp(min=0).expand(B, T, -1)
         copied = weights.new_zeros(B, T, self.config.vocab_size).scatter_add_(2, followed, weights)  # (B, T, V)
         out = out + self.copy_out(copied.to(out.dtype) @ self.copy_value.weight.to(out.dtype))
         return out, (keys[:, -M:].transpose(0, 1).float(), read[:, -M:].T[..., None])
+
+    def remembered(self, rows: int, m: int, device: torch.device) -> torch.Tensor:
+        """How many of its memory's latest steps each row keeps for this window (COPY_FORGET)."""
+        forget = torch.rand(rows, device=device) < COPY_FORGET
+        kept = (m ** torch.rand(rows, device=device)).long() - 1  # log-uniform: half of them keep under 32
+        return torch.where(forget, kept, m)
 
     def recur(self, x: torch.Tensor, hx: State | torch.Tensor | None) -> tuple[torch.Tensor, State | torch.Tensor]:
         """The fused multi-layer call; in training with weight_drop, on DropConnect-masked W_hh."""

@@ -4,7 +4,7 @@ import torch
 
 import numpy as np
 
-from charrnn.model import CharRNN, ModelConfig, NumpyStep, detach_state, state_from_list, state_to_list
+from charrnn.model import COPY_FORGET, CharRNN, ModelConfig, NumpyStep, detach_state, state_from_list, state_to_list
 from charrnn.vocab import Vocab
 
 CELLS = ["rnn", "lstm", "gru"]
@@ -136,6 +136,24 @@ def test_copy_attention_reads_the_character_after_a_step_it_attends_to():
     without = model(x)[0]
     assert torch.allclose(with_copy[:, :1], without[:, :1])  # step 0 has nothing to read
     assert not torch.allclose(with_copy[:, 4], without[:, 4])
+
+
+def test_training_forgets_all_but_the_latest_steps_of_some_rows_memories(monkeypatch):
+    model, x = tiny(copy_memory=6, dropout=0.0), batch(t=16)
+    _, state = model(x[:, :8])
+    emptied = state[:-1] + (torch.full_like(state[-1], -1.0),)  # the LSTM's state, no memory
+    carried, fresh = model(x[:, 8:], state)[0], model(x[:, 8:], emptied)[0]
+    model.train()  # with no dropout, training differs from evaluation only by what it forgets
+    monkeypatch.setattr(model, "remembered", lambda rows, m, device: torch.tensor([6, 0, 2]))
+    forgot = model(x[:, 8:], state)[0]
+    assert torch.allclose(forgot[0], carried[0]) and torch.allclose(forgot[1], fresh[1])  # all of it, none of it
+    assert not torch.allclose(forgot[2], carried[2]) and not torch.allclose(forgot[2], fresh[2])
+    assert torch.allclose(forgot[2, 4:], carried[2, 4:])  # from step 4, the last 6 steps are this window's
+    kept = CharRNN.remembered(model, 1_000_000, 1024, torch.device("cpu"))
+    short = kept < 1024  # a share COPY_FORGET of the rows, log-uniform in 0..1022
+    assert abs(short.float().mean() - COPY_FORGET) < 0.1 * COPY_FORGET
+    assert kept.min() == 0 and 900 < kept[short].max() <= 1022
+    assert abs((kept[short] < 32).float().mean() - 0.5) < 0.02  # log(33) / log(1024): half of them
 
 
 @pytest.mark.parametrize("cell", CELLS)
