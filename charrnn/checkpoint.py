@@ -19,7 +19,7 @@ import torch
 from charrnn.config import ModelConfig
 from charrnn.errors import CharRNNError
 from charrnn.files import atomic_write, checkpoints_dir
-from charrnn.model import CharRNN, weight_shapes
+from charrnn.model import COPY_MATCH, CharRNN, weight_shapes
 from charrnn.vocab import Vocab
 
 FORMAT = "charrnn"
@@ -56,7 +56,29 @@ def load(path: Path | str, map_location: str | torch.device = "cpu") -> dict:
     if not isinstance(ckpt.get("version"), int) or ckpt["version"] > VERSION:
         raise CharRNNError(f"checkpoint {path} has format version {ckpt.get('version')}, newer than "
                            f"this charrnn reads ({VERSION}); upgrade charrnn")
+    _add_copy_scores(ckpt)
     return ckpt
+
+
+def _add_copy_scores(ckpt: dict) -> None:
+    """A copy attention saved before its gain and match scores (CharRNN.copy_gain, copy_match) is
+    the same model with both at zero; a run resumed from it learns them from there (fresh Adam state)."""
+    config, weights, optimizer = ckpt.get("model_config"), ckpt.get("model"), ckpt.get("optimizer")
+    if not isinstance(config, dict) or not config.get("copy_memory") or not isinstance(weights, dict) \
+            or "copy_gain" in weights or "copy_sink" not in weights:
+        return
+    # an optimizer numbers the parameters in their state dict's order: the two new ones follow copy_sink
+    at = list(weights).index("copy_sink") + 1
+    for key in ("model", "raw_model"):
+        if isinstance(ckpt.get(key), dict):
+            ckpt[key].update(copy_gain=torch.zeros(1), copy_match=torch.zeros(COPY_MATCH + 1))
+    if isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict) and optimizer.get("param_groups"):
+        def renumber(i):
+            return i + 2 if isinstance(i, int) and i >= at else i
+
+        optimizer["state"] = {renumber(i): value for i, value in optimizer["state"].items()}
+        params = [renumber(i) for i in optimizer["param_groups"][0].get("params", [])]
+        optimizer["param_groups"][0]["params"] = params[:at] + [at, at + 1] + params[at:]  # matched by position
 
 
 def resolve(spec: str | Path | None, prefer: str = "best.pt") -> Path:

@@ -22,13 +22,15 @@ RNN_CLASSES = dict(zip(CELLS, (nn.RNN, nn.LSTM, nn.GRU)))
 GATE_ORDER = {"rnn": ("n",), "lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 State = tuple[torch.Tensor, ...]
 COPY_KEY = 64  # D: the copy attention's query and key width
+# K: the copy attention also scores each step it may read by how many characters up to it equal
+# those up to the step reading, up to this many (`match_lengths`): a learnt score per length
+COPY_MATCH = 8
 # In training, this share of the rows forget their memory but for a random number of its latest
 # steps (log-uniform, 0 to M - 1) at each window: a sample starts with an empty memory, which the
-# carried memory of training never shows, and a model that has not learnt to copy from a short one
-# copies its own last characters there (`TTTT...` at any temperature). 1/128 still sampled repeats
-# at temperature 0.5; every share tried learnt less copy, within the runs' wide spread
-# (bench/RESULTS.md 2026-12-07, later).
-COPY_FORGET = 1 / 32
+# carried memory of training never shows, and a model that has not learnt to write from a short one
+# writes one character over and over there (`FFFF...` at any temperature). 1/32 was enough before
+# the match scores, not with them: the model leans on the copy more (bench/RESULTS.md 2026-12-07).
+COPY_FORGET = 1 / 4
 
 
 def weight_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -59,8 +61,10 @@ class CharRNN(nn.Module):
     With `copy_memory` M, the LSTM's output at each step attends to its own outputs of the last M
     steps (by learnt queries and keys) and to a learnt sink, which means "copy nothing", and reads
     the character that followed each step attended to; the read, through a learnt vector per
-    character and a linear layer started at zero, is added to the output before the head. That is
-    how it repeats a speaker's name from a few speeches back, which an LSTM's state cannot hold.
+    character and a linear layer started at zero, is added to the output before the head, and
+    times a learnt gain to the logits. A step's score adds a learnt one for how many characters
+    up to it equal those up to the step reading (`match_lengths`). That is how it repeats a
+    speaker's name from a few speeches back, which an LSTM's state cannot hold.
     """
 
     def __init__(self, config: ModelConfig):
@@ -84,8 +88,14 @@ class CharRNN(nn.Module):
             self.copy_sink = nn.Parameter(torch.zeros(COPY_KEY))
             self.copy_value = nn.Embedding(config.vocab_size, h)
             self.copy_out = nn.Linear(h, h)
-            nn.init.zeros_(self.copy_out.weight)  # start as the plain model, and learn to copy from there
+            nn.init.zeros_(self.copy_out.weight)
             nn.init.zeros_(self.copy_out.bias)
+            # What a read adds to its own characters' logits: with it the attention has a gradient
+            # from the first step, where copy_out alone (started at zero) gives it none. And a score
+            # per match length, started at the length itself: queries and keys learnt from nothing
+            # find the steps whose context matches late and in some runs not at all.
+            self.copy_gain = nn.Parameter(torch.ones(1))
+            self.copy_match = nn.Parameter(torch.arange(COPY_MATCH + 1, dtype=torch.float32))
 
     def forward(self, idx: torch.Tensor, state: State | None = None,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
@@ -98,14 +108,19 @@ class CharRNN(nn.Module):
         hx, memory = (None, None) if state is None else (state[:1 + lstm], state[1 + lstm:] or None)
         out, hx = self.recur(x, hx if hx is None or lstm else hx[0])  # (B, T, H); nn.RNN/GRU take h alone
         state = tuple(hx) if lstm else (hx,)
+        copied = None
         if self.config.copy_memory:
-            out, memory = self.copy(out, idx, memory)
+            out, copied, memory = self.copy(out, idx, memory)
             state += memory
-        logits = self.head(self.drop(out))       # (B, T, V)
-        return self.log_softmax(logits.float()), state  # fp32 log-probs even under autocast
+        logits = self.head(self.drop(out)).float()  # (B, T, V), fp32 log-probs even under autocast
+        if copied is not None:
+            logits = logits + self.copy_gain * copied
+        return self.log_softmax(logits), state
 
-    def copy(self, out: torch.Tensor, idx: torch.Tensor, memory: State | None) -> tuple[torch.Tensor, State]:
-        """The copy attention: out (B, T, H) plus what each step reads from the last M steps."""
+    def copy(self, out: torch.Tensor, idx: torch.Tensor, memory: State | None
+             ) -> tuple[torch.Tensor, torch.Tensor, State]:
+        """The copy attention: out (B, T, H) plus what each step reads from the last M steps, the
+        read itself (B, T, V: the attention's weight on each character), and the new memory."""
         (B, T), M = idx.shape, self.config.copy_memory
         if memory is None:  # nothing read yet: M steps of -1, none of them attended to
             memory = (out.new_zeros(M, B, COPY_KEY, dtype=torch.float32),
@@ -117,18 +132,19 @@ class CharRNN(nn.Module):
         # character that followed it; a step before the text (-1) is never attended to
         query = self.copy_query(out) / COPY_KEY ** 0.5
         scores = query @ keys[:, :-1].transpose(1, 2).to(query.dtype)                     # (B, T, M + T - 1)
+        scores = scores.float() + self.copy_match[match_lengths(read, T)]
         sink = query @ self.copy_sink.to(query.dtype)                                     # (B, T)
         j = torch.arange(M + T - 1, device=idx.device)
         t = torch.arange(T, device=idx.device)[:, None]
         hidden = (j < t) | (j >= M + t) | (read[:, None, :-1] < 0)
         if self.training:
             hidden = hidden | (j < M - self.remembered(B, M, idx.device)[:, None])[:, None]
-        weights = torch.cat([sink.float()[..., None], scores.float().masked_fill(hidden, -torch.inf)], -1)
+        weights = torch.cat([sink.float()[..., None], scores.masked_fill(hidden, -torch.inf)], -1)
         weights = weights.softmax(-1)[..., 1:]
         followed = read[:, None, 1:].long().clamp(min=0).expand(B, T, -1)
         copied = weights.new_zeros(B, T, self.config.vocab_size).scatter_add_(2, followed, weights)  # (B, T, V)
         out = out + self.copy_out(copied.to(out.dtype) @ self.copy_value.weight.to(out.dtype))
-        return out, (keys[:, -M:].transpose(0, 1).float(), read[:, -M:].T[..., None])
+        return out, copied, (keys[:, -M:].transpose(0, 1).float(), read[:, -M:].T[..., None])
 
     def remembered(self, rows: int, m: int, device: torch.device) -> torch.Tensor:
         """How many of its memory's latest steps each row keeps for this window (COPY_FORGET)."""
@@ -152,6 +168,24 @@ class CharRNN(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def match_lengths(read: torch.Tensor, steps: int) -> torch.Tensor:
+    """read (B, N): the characters of N steps (-1 before the text), the last `steps` of them the
+    window's -> (B, steps, N - 1): for window step t and step j, how many characters up to j
+    equal those up to t, at most COPY_MATCH, within the M steps t attends to (j >= t here)."""
+    (B, N), K = read.shape, COPY_MATCH
+    memory = N - steps
+    padded = torch.cat([read.new_full((B, K), -1.0), read], 1)  # padded[K + p] is read[p]
+    keys = padded.masked_fill(padded < 0, -2.0)  # a step before the text matches nothing
+    run = torch.ones(B, steps, N - 1, dtype=torch.bool, device=read.device)
+    length = torch.zeros(B, steps, N - 1, dtype=torch.uint8, device=read.device)
+    for i in range(K):  # the i-th characters back from t and from j
+        run &= padded[:, K + memory - i:K + memory - i + steps, None] == keys[:, None, K - i:K - i + N - 1]
+        length += run
+    # t's memory starts at j = t in these coordinates: a run from j reaches back j - t + 1 steps
+    j, t = torch.arange(N - 1, device=read.device), torch.arange(steps, device=read.device)[:, None]
+    return torch.minimum(length.long(), (j - t + 1).clamp(min=0))
 
 
 def detach_state(state: State | None) -> State | None:
@@ -261,9 +295,12 @@ class NumpyStep:
                 key = torch.cat([model.copy_key.weight * h_scale, model.copy_key.bias[:, None]], 1)
                 self.copy_weights = array(torch.cat([query, key]).T)
                 self.copy_sink = array(model.copy_sink)
-                # what reading a character adds to the logits, through copy_out and the head: (V, V), (V,)
+                self.copy_match = array(model.copy_match)
+                # what reading a character adds to the logits, through copy_out and the head, and to
+                # its own logit by the gain: (V, V), (V,)
                 head = model.head.weight.float().T
-                self.copy_table = array(model.copy_value.weight.float() @ model.copy_out.weight.float().T @ head)
+                table = model.copy_value.weight.float() @ model.copy_out.weight.float().T @ head
+                self.copy_table = array(table + model.copy_gain.float() * torch.eye(len(table)))
                 self.copy_bias = array(model.copy_out.bias.float() @ head)
 
     @functools.cached_property
@@ -450,9 +487,10 @@ class NumpyStep:
     class Copy:
         """The copy attention's step for a stream: its memory, in a ring of M slots per row.
 
-        Slot s holds a step's key and the character read at it, and `followed` the character read
-        after it (offset by the row's start in a flat (N * V) array, for one bincount). A new step
-        overwrites the oldest slot, whose own character is no longer read by anything.
+        Slot s holds a step's key and the character read at it, `followed` the character read
+        after it (offset by the row's start in a flat (N * V) array, for one bincount), and `match`
+        its match length with the step last read (`match_lengths`). A new step overwrites the
+        oldest slot once its match is made.
         """
 
         def __init__(self, step: NumpyStep, top: np.ndarray, rows: int):
@@ -462,8 +500,11 @@ class NumpyStep:
             self.read = np.zeros((rows, m), np.intp)
             self.followed = np.zeros((rows, m), np.intp)
             self.mask = np.zeros((rows, m), np.float32)  # 0 for a step of the text, -inf before it
+            self.match = np.zeros((rows, m), np.intp)
             self.at = 0  # the oldest step's slot, where the next one goes
             self.offsets = np.arange(rows) * self.vocab
+            # a match may reach back to the oldest step: in rank r from the oldest, r + 1 characters
+            self.reach = np.minimum(np.arange(m) + 1, COPY_MATCH)
 
         def load(self, keys: np.ndarray, read: np.ndarray) -> None:
             """The model's layout, oldest step first: keys (M, N, D), characters (M, N, 1)."""
@@ -473,6 +514,7 @@ class NumpyStep:
             self.read[...] = np.maximum(read, 0)
             self.followed[:, :-1] = self.read[:, 1:] + self.offsets[:, None]
             self.at = 0
+            self.match[:, :-1] = match_lengths(torch.from_numpy(read).float(), 1)[:, 0].numpy()  # with the last step
 
         def state(self) -> tuple[np.ndarray, np.ndarray]:
             order = np.roll(np.arange(self.read.shape[1]), -self.at)
@@ -483,10 +525,13 @@ class NumpyStep:
             """idx (N,), the characters just read -> what attending adds to the logits (N, V)."""
             step, at = self.step, self.at
             query, key = np.split(self.top @ step.copy_weights, 2, axis=1)
+            # a slot's match: one more than the slot before's with the step before, where they read alike
+            longer = np.minimum(np.roll(self.match, 1, axis=1) + 1, np.roll(self.reach, at))
+            self.match = np.where((self.read == idx[:, None]) & (self.mask == 0), longer, 0)
             self.read[:, at] = idx
             self.followed[:, at - 1] = idx + self.offsets  # the newest step is followed by this one
             scores = np.matmul(self.keys, query[:, :, None])[..., 0]  # (N, M)
-            scores += self.mask
+            scores += self.mask + step.copy_match[self.match]
             sink = query @ step.copy_sink
             top = np.maximum(scores.max(1), sink)
             weights = np.exp(scores - top[:, None])

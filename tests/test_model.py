@@ -4,7 +4,8 @@ import torch
 
 import numpy as np
 
-from charrnn.model import COPY_FORGET, CharRNN, ModelConfig, NumpyStep, detach_state, state_from_list, state_to_list
+from charrnn.model import (COPY_FORGET, CharRNN, ModelConfig, NumpyStep, detach_state, match_lengths, state_from_list,
+                           state_to_list)
 from charrnn.vocab import Vocab
 
 CELLS = ["rnn", "lstm", "gru"]
@@ -136,6 +137,38 @@ def test_copy_attention_reads_the_character_after_a_step_it_attends_to():
     without = model(x)[0]
     assert torch.allclose(with_copy[:, :1], without[:, :1])  # step 0 has nothing to read
     assert not torch.allclose(with_copy[:, 4], without[:, 4])
+
+
+def test_the_copy_gain_gives_a_fresh_attention_a_gradient():
+    torch.manual_seed(0)
+    model, x = CharRNN(ModelConfig(11, rnn_size=16, num_layers=1, embedding_size=8, copy_memory=6)), batch(t=16)
+    grads = []
+    for gain in (1.0, 0.0):  # copy_out starts at zero: without the gain nothing reaches the attention
+        with torch.no_grad():
+            model.copy_gain.fill_(gain)
+        model.zero_grad()
+        torch.nn.functional.nll_loss(model(x[:, :-1])[0].transpose(1, 2), x[:, 1:]).backward()
+        grads.append(model.copy_query.weight.grad.abs().sum())
+    assert grads[0] > 0 and grads[1] == 0
+
+
+def test_match_lengths_count_the_characters_that_agree_within_the_memory():
+    a, b, c = 0.0, 1.0, 2.0
+    lengths = match_lengths(torch.tensor([[a, b, c, a, b, c, a, b]]), 2)[0]  # window: the last a, b
+    assert lengths[0, :6].tolist() == [1, 0, 0, 4, 0, 0]  # "abca" ends at 3, and "a" at 0
+    assert lengths[1, 1:7].tolist() == [1, 0, 0, 4, 0, 0]  # "bcab" at 4; at 1 "ab" but 0 is out of memory
+    assert match_lengths(torch.tensor([[-1, -1, a, a, a]]), 1)[0, 0].tolist() == [0, 0, 1, 2]  # not before the text
+    assert match_lengths(torch.tensor([[a] * 20]), 1).max() == 8  # at most COPY_MATCH
+
+
+def test_numpy_stream_with_copy_attention_scores_long_matches_from_a_loaded_memory():
+    model, x = tiny(copy_memory=12), torch.tensor([[1, 2, 3, 4, 5] * 8])  # matches up to 8 and more
+    expected = model(x)[0]
+    _, state = model(x[:, :17])  # a full memory, its matches made from the loaded characters
+    stream = NumpyStep(model).stream(tuple(s.detach().numpy() for s in state))
+    for t in range(17, 40):
+        logits = torch.from_numpy(stream(x[:, t].numpy()).copy())
+        assert torch.allclose(logits.log_softmax(-1), expected[:, t], atol=1e-5)
 
 
 def test_training_forgets_all_but_the_latest_steps_of_some_rows_memories(monkeypatch):

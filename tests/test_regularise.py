@@ -181,3 +181,25 @@ def test_a_checkpoint_from_before_these_options_loads_and_resumes(tmp_path):
     assert summary["step"] == 6
     resumed = checkpoint.load(run / "last.pt")
     assert resumed["train_config"]["ema_decay"] == 0.0 and "raw_model" not in resumed
+
+
+def test_a_copy_checkpoint_from_before_its_gain_and_match_scores_loads_without_them_and_resumes(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(corpus_file(tmp_path), run, copy_memory=16, ema_decay=0.9, max_steps=4, eval_every=4))
+    reference, vocab = checkpoint.build_model(checkpoint.load(run / "last.pt"))
+    with torch.no_grad():
+        reference.copy_gain.zero_(), reference.copy_match.zero_()
+    old = {k: v for k, v in checkpoint.load(run / "last.pt").items() if k not in ("format", "version")}
+    names = list(old["model"])
+    for weights in (old["model"], old["raw_model"]):
+        del weights["copy_gain"], weights["copy_match"]  # as saved before them
+    before = list(old["model"])  # the old parameters, numbered in this order by the optimizer
+    adam = old["optimizer"]
+    adam["state"] = {before.index(names[i]): v for i, v in adam["state"].items() if names[i] in before}
+    adam["param_groups"][0]["params"] = list(range(len(before)))
+    checkpoint.save(old, run / "last.pt")
+    model, _ = checkpoint.build_model(checkpoint.load(run / "last.pt"))
+    x = torch.tensor([vocab.encode(corpus_file(tmp_path).read_text()[:40])])
+    assert torch.equal(model(x)[0], reference(x)[0])
+    summary = train(TrainConfig(), resume=str(run), overrides={"max_steps": 6})
+    assert summary["step"] == 6 and checkpoint.load(run / "last.pt")["raw_model"]["copy_gain"] != 0

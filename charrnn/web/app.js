@@ -259,7 +259,8 @@ async function simdKernel(count, shapes, relaxed) {
 
 /**
  * The copy attention's weights, and what reading each character adds to the logits through
- * copy_out and the head, precomputed: a (V, V) table and a bias (as charrnn.model.NumpyStep).
+ * copy_out and the head, and to its own logit by the gain, precomputed: a (V, V) table and a bias
+ * (as charrnn.model.NumpyStep).
  */
 function copyLayer(config, tensors) {
   const H = config.rnn_size, V = config.vocab_size;
@@ -269,12 +270,14 @@ function copyLayer(config, tensors) {
   const table = new Float64Array(V * V);
   for (let u = 0; u < V; u++) {
     table.set(affine(head, noBias(V), affine(out, noBias(H), row(tensors["copy_value.weight"], u, H))), u * V);
+    table[u * V + u] += tensors["copy_gain"][0];
   }
   return {
     size: config.copy_memory,
     query: { W: tensors["copy_query.weight"], b: tensors["copy_query.bias"] },
     key: { W: tensors["copy_key.weight"], b: tensors["copy_key.bias"] },
     sink: Float64Array.from(tensors["copy_sink"]),
+    match: Float64Array.from(tensors["copy_match"]),
     table, bias: affine(head, noBias(V), Float64Array.from(tensors["copy_out.bias"])),
   };
 }
@@ -334,13 +337,20 @@ class CharModel {
   /** The copy attention's step (charrnn.model.CharRNN.copy): add to `logits` what attending to the
    * memory reads, the character after each step; return the memory with this step in it. */
   attend(memory, h, index, logits) {
-    const { size, query, key, sink, table, bias } = this.copy, V = bias.length;
+    const { size, query, key, sink, match, table, bias } = this.copy, V = bias.length;
     const q = affine(query.W, query.b, h), scale = 1 / Math.sqrt(q.length);
     const dot = (k) => { let s = 0; for (let d = 0; d < q.length; d++) s += q[d] * k[d]; return s * scale; };
-    const n = memory.keys.length, weights = new Float64Array(n + 1);
+    const n = memory.keys.length, weights = new Float64Array(n + 1), reads = memory.reads;
+    // how many characters up to step j equal those up to this one (charrnn.model.match_lengths)
+    const read = (p) => (p === n ? index : reads[p]); // the characters of the memory's steps, then this one's
+    const matched = (j) => {
+      let i = 0;
+      while (i < match.length - 1 && i <= j && reads[j - i] === read(n - i)) i++;
+      return i;
+    };
     weights[n] = dot(sink); // the sink: copy nothing
     let max = weights[n], total = 0;
-    for (let j = 0; j < n; j++) max = Math.max(max, (weights[j] = dot(memory.keys[j])));
+    for (let j = 0; j < n; j++) max = Math.max(max, (weights[j] = dot(memory.keys[j]) + match[matched(j)]));
     for (let j = 0; j <= n; j++) total += (weights[j] = Math.exp(weights[j] - max));
     const copied = new Float64Array(V);
     for (let j = 0; j < n; j++) copied[j + 1 < n ? memory.reads[j + 1] : index] += weights[j] / total;
@@ -349,7 +359,7 @@ class CharModel {
       if (copied[u] === 0) continue;
       for (let v = 0, at = u * V; v < V; v++) logits[v] += copied[u] * table[at + v];
     }
-    return { keys: [...memory.keys, affine(key.W, key.b, h)].slice(-size), reads: [...memory.reads, index].slice(-size) };
+    return { keys: [...memory.keys, affine(key.W, key.b, h)].slice(-size), reads: [...reads, index].slice(-size) };
   }
 
   /** What generate.py feeds first: the prime's characters, or a newline (else index 0) for none. */
