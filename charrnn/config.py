@@ -40,6 +40,14 @@ REGULARISATION = ((100.0, {"weight_drop": 0.5, "ema_decay": 0.998}),
                   (10.0, {"weight_drop": 0.3, "ema_decay": 0.998}))
 REGULARISE_PASSES = REGULARISATION[-1][0]
 REGULARISED_OPTIONS = set().union(*(options for _, options in REGULARISATION))  # a user who gives one keeps it
+# The copy attention a time budget adds (ModelConfig.copy_memory). Its reach: on tinyshakespeare
+# 1,024 characters is a speech or two, where a speaker's name comes back; 4,096 cost 2.4x the time
+# a step. With its match scores a 2x384 scored 0.12-0.13 nats/char better on the whole split in
+# 4,000 steps than with queries and keys alone, two seeds each (bench/RESULTS.md, 2026-12-07,
+# evening). It is added where runs like those were measured: budgets that buy the chosen size
+# COPY_MIN_STEPS steps with it and read the text at most COPY_MAX_PASSES times. Shorter runs, and
+# smaller texts read more often, are not measured with it and train without it.
+COPY_MEMORY, COPY_MIN_STEPS, COPY_MAX_PASSES = 1024, 4000, 25.0
 NOVEL_DRAWS = 50  # generate.py --novel gives up after this many draws per item asked for
 # generate.py --score --adapt: characters scored between two SGD steps, and the steps' learning rate
 ADAPT_SEGMENT, ADAPT_LR = 64, 0.5
@@ -141,11 +149,12 @@ class ModelConfig:
                                 f"{REGULARISATION[-1][1]['weight_drop']:g}, or {REGULARISATION[0][1]['weight_drop']:g} "
                                 f"from {REGULARISATION[0][0]:g} times", check=FRACTION)
 
-    copy_memory: int = option(0, "an experiment, off by default: copy attention over this many past characters. "
-                              "Each step attends to the last N steps and reads the character that followed each, "
-                              "so the model can repeat a name from earlier in the text; it scores text that "
-                              "repeats names better, but how much it learns varies from run to run, and an hour "
-                              "with it stalled (bench/RESULTS.md, 2026-12-07). 0: off",
+    copy_memory: int = option(0, "copy attention over this many past characters: each step attends to the "
+                              "last N steps and reads the character that followed each, so the model can repeat "
+                              "a name or a word from earlier in the text, which an LSTM's state forgets. 0: off, "
+                              "the default unless a time budget buys the size it picks "
+                              f"{COPY_MIN_STEPS:,} steps and at most {COPY_MAX_PASSES:g} passes with it (not "
+                              f"with --items): then {COPY_MEMORY:,}",
                               check=Range(0, 65536, words="an integer from 0 (off) to 65536"))
 
     def __post_init__(self):

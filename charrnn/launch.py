@@ -67,7 +67,8 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
                 config = config.with_options(**{name: getattr(base.model.config, name) for name in SHAPE})
             trainer = build(config, world, base=base, overwrite=overwrite,
                             size_for_budget=base is None and sizing.wanted(config, overrides),
-                            regularise=not REGULARISED_OPTIONS & (overrides or {}).keys())
+                            regularise=not REGULARISED_OPTIONS & (overrides or {}).keys(),
+                            copy=not items.wanted(config) and "copy_memory" not in (overrides or {}))
         if world.is_main:
             trainer.run_dir.start(asdict(trainer.config))
         trainer.callbacks.extend(callbacks)
@@ -78,7 +79,8 @@ def train(config: TrainConfig, *, resume: str | None = None, init_from: str | No
 
 def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | None = None,
           base: Base | None = None, run_dir: Path | None = None,
-          overwrite: bool = False, size_for_budget: bool = False, regularise: bool = False) -> Trainer:
+          overwrite: bool = False, size_for_budget: bool = False, regularise: bool = False,
+          copy: bool = False) -> Trainer:
     """Set up the process and build a Trainer: the one place with process-wide side effects."""
     device = pick_device(config.device)
     if device.type == "cuda" and world.active:
@@ -104,7 +106,7 @@ def build(config: TrainConfig, world: distributed.World, *, resume_from: dict | 
             time.sleep(0.25)  # the machine's load over a moment
             probe()
         config, why = sizing.size_for_budget(config, split.train_chars, len(split.vocab), device, amp, world,
-                                             regularise)
+                                             regularise, copy)
         torch.set_num_threads(threads)  # from here on the run's own governor decides
         if why and world.is_main:
             print(why, flush=True)

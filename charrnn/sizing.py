@@ -17,13 +17,15 @@ from dataclasses import replace
 
 import torch
 
-from charrnn.config import MIN_PASSES, MIN_STEPS, REGULARISATION, SIZE_LADDER, ModelConfig, TrainConfig
+from charrnn.config import (COPY_MAX_PASSES, COPY_MEMORY, COPY_MIN_STEPS, MIN_PASSES,
+                            MIN_STEPS, REGULARISATION, SIZE_LADDER, ModelConfig, TrainConfig)
 from charrnn.distributed import World, sum_all
 from charrnn.model import CharRNN
 
 # A guard, not a measurement: a rung is only considered where it has at most this many parameters
 # per training character, so a small corpus keeps the first rung whatever the budget. The largest
-# shape measured to gain, an hour's 3x768 on tinyshakespeare, has 12.0.
+# shape measured to gain, an hour's 3x768 on tinyshakespeare, has 12.0; where the copy attention may
+# be added its layer counts too, and an hour's 3x512 with it (5.8 a character) gained over a 2x512.
 MAX_PARAMETERS_PER_CHAR = 12.5
 SHAPE_OPTIONS = {"rnn_size", "num_layers", "dropout"}
 
@@ -57,35 +59,53 @@ def chars_per_second(config: TrainConfig, vocab_size: int, device: torch.device,
 
 
 def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, device: torch.device,
-                    amp: torch.dtype | None, world: World = World(),
-                    regularise: bool = True) -> tuple[TrainConfig, str]:
+                    amp: torch.dtype | None, world: World = World(), regularise: bool = True,
+                    copy: bool = False) -> tuple[TrainConfig, str]:
     """The config with the largest affordable shape of SIZE_LADDER, and a line saying why. With
-    `regularise`, a shape that the budget gives enough passes to overfit also gets REGULARISATION's
-    options for that many passes."""
+    `copy`, the shape gets the copy attention where the budget buys it COPY_MIN_STEPS steps and
+    at most COPY_MAX_PASSES passes with it. With `regularise`, a shape that the budget gives enough
+    passes to overfit also gets REGULARISATION's options for that many passes."""
+
+    def measure(candidate: TrainConfig) -> tuple[float, float]:
+        """Passes over the text and steps that the budget buys `candidate` on this machine."""
+        # every rank trains its own rows: the run's speed is the ranks' sum, the same on every rank,
+        # so that all of them stop at the same shape
+        speed = sum_all(world, [chars_per_second(candidate, vocab_size, device, amp)], device)[0]
+        return (speed * config.time_budget / train_chars,
+                speed * config.time_budget / (config.batch_size * config.seq_length * world.size))
+
     start, chosen, passes, timed = time.perf_counter(), config, 0.0, []
     enough = f"{MIN_PASSES:g} passes over the text and {MIN_STEPS:,} steps in the budget on this machine"
     limit = f"no larger size makes {enough}"
     for rung, (layers, size, dropout) in enumerate(SIZE_LADDER):
         candidate = config.with_options(num_layers=layers, rnn_size=size, dropout=dropout)
-        if rung and parameters(candidate, vocab_size) > MAX_PARAMETERS_PER_CHAR * train_chars:
+        counted = candidate.with_options(copy_memory=COPY_MEMORY) if copy else candidate  # the copy layer's too
+        if rung and parameters(counted, vocab_size) > MAX_PARAMETERS_PER_CHAR * train_chars:
             limit = (f"the largest size for {train_chars:,} characters of text, at most "
                      f"{MAX_PARAMETERS_PER_CHAR:g} parameters a character")
             break
-        # every rank trains its own rows: the run's speed is the ranks' sum, the same on every rank,
-        # so that all of them stop at the same shape
-        speed = sum_all(world, [chars_per_second(candidate, vocab_size, device, amp)], device)[0]
-        affordable = speed * config.time_budget / train_chars
-        steps = speed * config.time_budget / (config.batch_size * config.seq_length * world.size)
+        affordable, steps = measure(candidate)
         timed.append(f"{layers}x{size} {affordable:.1f} ({steps:,.0f} steps)")
         if rung and (affordable < MIN_PASSES or steps < MIN_STEPS):
             break
         if rung:
             limit = f"the largest size that makes {enough}"
         chosen, passes = candidate, affordable
+    copied = ""
+    if copy:
+        with_copy = chosen.with_options(copy_memory=COPY_MEMORY)
+        copy_passes, copy_steps = measure(with_copy)
+        if copy_steps >= COPY_MIN_STEPS and copy_passes <= COPY_MAX_PASSES:
+            chosen, passes = with_copy, copy_passes
+            copied = (f"; with a copy attention over {COPY_MEMORY:,} characters, {copy_passes:.1f} passes in "
+                      f"{copy_steps:,.0f} steps")
+        else:
+            copied = (f"; no copy attention: it would make {copy_steps:,.0f} steps and {copy_passes:.1f} passes, "
+                      f"where it needs {COPY_MIN_STEPS:,} steps and at most {COPY_MAX_PASSES:g} passes")
     m = chosen.model
     why = (f"model {m.num_layers}x{m.rnn_size}, dropout {m.dropout}: {limit} (measured in "
-           f"{time.perf_counter() - start:.0f} s, passes: {', '.join(timed)}); --rnn-size, --num-layers or "
-           "--dropout choose it yourself")
+           f"{time.perf_counter() - start:.0f} s, passes: {', '.join(timed)}){copied}; --rnn-size, --num-layers, "
+           "--dropout or --copy-memory choose it yourself")
     added = next((options for least, options in REGULARISATION if passes >= least), None)
     if regularise and added:
         chosen = chosen.with_options(**added)

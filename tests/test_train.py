@@ -16,13 +16,13 @@ import torch
 
 from charrnn import checkpoint, sizing
 from charrnn.errors import CharRNNError
-from charrnn.config import REGULARISE_PASSES, TrainConfig
+from charrnn.config import COPY_MEMORY, REGULARISE_PASSES, TrainConfig
 from charrnn.device import ThreadGovernor
 from charrnn.evaluate import evaluate
 from charrnn.launch import resume_config, train
 from charrnn.trainer import Trainer, evaluation_due, learning_rate
 from common import make_cjk_text
-from conftest import build_trainer, make_text
+from conftest import build_trainer, make_text, names_folder
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -523,13 +523,44 @@ def test_a_shape_that_reads_a_small_corpus_many_times_is_regularised(monkeypatch
     assert sizing.size_for_budget(fewer, 50_000, 65, torch.device("cpu"), None)[0] == fewer
 
 
-def test_regularisation_the_user_chose_is_left_alone(tmp_path, monkeypatch):
+def test_a_budget_adds_the_copy_attention_where_it_buys_enough_steps(monkeypatch):
+    timed = []
+
+    def fake_speed(config, *_):  # a 2x256 trains 20,000 chars/s, 15,000 with the copy attention
+        timed.append(config.model.copy_memory)
+        return 20_000.0 * (0.75 if config.model.copy_memory else 1) / (config.model.rnn_size / 256)
+
+    monkeypatch.setattr(sizing, "chars_per_second", fake_speed)
+    config = TrainConfig(time_budget=600.0, batch_size=32)
+    # 600 s of 15,000 chars/s in steps of 32 x 32: 8,789 steps with the copy, COPY_MIN_STEPS or more
+    chosen, why = sizing.size_for_budget(config, 2_000_000, 65, torch.device("cpu"), None, copy=True)
+    assert (chosen.model.rnn_size, chosen.model.copy_memory) == (256, COPY_MEMORY) and timed == [0, 0, COPY_MEMORY]
+    assert f"with a copy attention over {COPY_MEMORY:,} characters, 4.5 passes in 8,789 steps" in why
+    # a quarter of that budget buys 2,197 steps with it: too few to learn it
+    chosen, why = sizing.size_for_budget(replace(config, time_budget=150.0), 2_000_000, 65, torch.device("cpu"),
+                                         None, copy=True)
+    assert chosen.model.copy_memory == 0 and "no copy attention: it would make 2,197 steps" in why
+    assert sizing.size_for_budget(config, 2_000_000, 65, torch.device("cpu"), None)[0].model.copy_memory == 0
+    # 150,000 characters (too few for a 2x384 with it) read 60 times with it in 600 s: more than
+    # COPY_MAX_PASSES, so no copy; the regularisers for the plain model's 80 passes
+    chosen, why = sizing.size_for_budget(config, 150_000, 65, torch.device("cpu"), None, copy=True)
+    assert (chosen.model.rnn_size, chosen.model.copy_memory) == (256, 0) and "at most 25 passes" in why
+    assert (chosen.model.weight_drop, chosen.ema_decay) == (0.3, 0.998)
+    # 15 times in 150 s (in 8,789 steps of 8 rows): the copy, and the regularisers too
+    fewer = replace(config, time_budget=150.0, batch_size=8)
+    chosen, _ = sizing.size_for_budget(fewer, 150_000, 65, torch.device("cpu"), None, copy=True)
+    assert chosen.model.copy_memory and (chosen.model.weight_drop, chosen.ema_decay) == (0.3, 0.998)
+
+
+def test_options_the_user_chose_are_left_alone(tmp_path, monkeypatch):
     asked = []
-    monkeypatch.setattr(sizing, "size_for_budget", lambda config, *args: asked.append(args[-1]) or (config, ""))
+    monkeypatch.setattr(sizing, "size_for_budget", lambda config, *args: asked.append(args[-2:]) or (config, ""))
     corpus, budget = corpus_file(tmp_path), dict(max_steps=None, time_budget=0.5)
-    for name, given in (("a", {}), ("b", {"weight_drop": 0.1}), ("c", {"ema_decay": 0.9})):
+    for name, given in (("a", {}), ("b", {"weight_drop": 0.1}), ("c", {"ema_decay": 0.9}), ("d", {"copy_memory": 0})):
         train(tiny(corpus, tmp_path / name, **budget), overrides=given, progress_bar=False)
-    assert asked == [True, False, False]
+    train(tiny(names_folder(tmp_path), tmp_path / "e", items=True, **budget), overrides={}, progress_bar=False)
+    # (regularise, copy): a list's items each start afresh, so it gets no copy attention either
+    assert asked == [(True, True), (False, True), (False, True), (True, False), (True, False)]
 
 
 def test_the_sizes_are_timed_at_the_threads_a_busy_machine_leaves(tmp_path, monkeypatch):
