@@ -188,7 +188,8 @@ def test_a_copy_checkpoint_from_before_its_gain_and_match_scores_loads_without_t
     train(tiny(corpus_file(tmp_path), run, copy_memory=16, ema_decay=0.9, max_steps=4, eval_every=4))
     reference, vocab = checkpoint.build_model(checkpoint.load(run / "last.pt"))
     with torch.no_grad():
-        reference.copy_gain.zero_(), reference.copy_match.zero_()
+        reference.copy_gain.zero_()
+        reference.copy_match.zero_()
     old = {k: v for k, v in checkpoint.load(run / "last.pt").items() if k not in ("format", "version")}
     names = list(old["model"])
     for weights in (old["model"], old["raw_model"]):

@@ -353,7 +353,7 @@ class CharModel {
     for (let j = 0; j < n; j++) max = Math.max(max, (weights[j] = dot(memory.keys[j]) + match[matched(j)]));
     for (let j = 0; j <= n; j++) total += (weights[j] = Math.exp(weights[j] - max));
     const copied = new Float64Array(V);
-    for (let j = 0; j < n; j++) copied[j + 1 < n ? memory.reads[j + 1] : index] += weights[j] / total;
+    for (let j = 0; j < n; j++) copied[j + 1 < n ? reads[j + 1] : index] += weights[j] / total;
     for (let v = 0; v < V; v++) logits[v] += bias[v];
     for (let u = 0; u < V; u++) {
       if (copied[u] === 0) continue;
