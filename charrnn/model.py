@@ -503,8 +503,9 @@ class NumpyStep:
             self.match = np.zeros((rows, m), np.intp)
             self.at = 0  # the oldest step's slot, where the next one goes
             self.offsets = np.arange(rows) * self.vocab
-            # a match may reach back to the oldest step: in rank r from the oldest, r + 1 characters
-            self.reach = np.minimum(np.arange(m) + 1, COPY_MATCH)
+            # a match may reach back to the oldest step: in rank r from the oldest, r + 1 characters;
+            # twice over, so that slot s's bound is a slice, reach[m - at + s], with no copy a step
+            self.reach = np.tile(np.minimum(np.arange(m) + 1, COPY_MATCH), 2)
 
         def load(self, keys: np.ndarray, read: np.ndarray) -> None:
             """The model's layout, oldest step first: keys (M, N, D), characters (M, N, 1)."""
@@ -526,7 +527,8 @@ class NumpyStep:
             step, at = self.step, self.at
             query, key = np.split(self.top @ step.copy_weights, 2, axis=1)
             # a slot's match: one more than the slot before's with the step before, where they read alike
-            longer = np.minimum(np.roll(self.match, 1, axis=1) + 1, np.roll(self.reach, at))
+            m = self.read.shape[1]
+            longer = np.minimum(np.roll(self.match, 1, axis=1) + 1, self.reach[m - at:2 * m - at])
             self.match = np.where((self.read == idx[:, None]) & (self.mask == 0), longer, 0)
             self.read[:, at] = idx
             self.followed[:, at - 1] = idx + self.offsets  # the newest step is followed by this one
