@@ -17,7 +17,7 @@ from dataclasses import replace
 
 import torch
 
-from charrnn.config import (COPY_MAX_PASSES, COPY_MEMORY, COPY_MIN_STEPS, MIN_PASSES,
+from charrnn.config import (COPY_MAX_PASSES, COPY_MEMORY, COPY_MIN_STEPS, COPY_REGULARISATION, MIN_PASSES,
                             MIN_STEPS, REGULARISATION, SIZE_LADDER, ModelConfig, TrainConfig)
 from charrnn.distributed import World, sum_all
 from charrnn.model import CharRNN
@@ -64,7 +64,8 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
     """The config with the largest affordable shape of SIZE_LADDER, and a line saying why. With
     `copy`, the shape gets the copy attention where the budget buys it COPY_MIN_STEPS steps and
     at most COPY_MAX_PASSES passes with it. With `regularise`, a shape that the budget gives enough
-    passes to overfit also gets REGULARISATION's options for that many passes."""
+    passes to overfit also gets REGULARISATION's options for that many passes (COPY_REGULARISATION's
+    with the copy)."""
 
     def measure(candidate: TrainConfig) -> tuple[float, float]:
         """Passes over the text and steps that the budget buys `candidate` on this machine."""
@@ -106,7 +107,8 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
     why = (f"model {m.num_layers}x{m.rnn_size}, dropout {m.dropout}: {limit} (measured in "
            f"{time.perf_counter() - start:.0f} s, passes: {', '.join(timed)}){copied}; --rnn-size, --num-layers, "
            "--dropout or --copy-memory choose it yourself")
-    added = next((options for least, options in REGULARISATION if passes >= least), None)
+    table = COPY_REGULARISATION if m.copy_memory else REGULARISATION
+    added = next((options for least, options in table if passes >= least), None)
     if regularise and added:
         chosen = chosen.with_options(**added)
         why += (f". {passes:.0f} passes would overfit it: " + " and ".join(
