@@ -546,13 +546,12 @@ def test_a_budget_adds_the_copy_attention_where_it_buys_enough_steps(monkeypatch
     chosen, why = sizing.size_for_budget(config, 150_000, 65, torch.device("cpu"), None, copy=True)
     assert (chosen.model.rnn_size, chosen.model.copy_memory) == (256, 0) and "at most 25 passes" in why
     assert (chosen.model.weight_drop, chosen.ema_decay) == (0.3, 0.998)
-    # 12 times in 120 s (in 7,031 steps of 8 rows): the copy, and the regularisers too; 15 times in
-    # 150 s: the stronger DropConnect, from 15 passes with the copy where it is 100 without
-    for budget, weight_drop in ((120.0, 0.3), (150.0, 0.5)):
-        fewer = replace(config, time_budget=budget, batch_size=8)
-        chosen, why = sizing.size_for_budget(fewer, 150_000, 65, torch.device("cpu"), None, copy=True)
-        assert chosen.model.copy_memory and (chosen.model.weight_drop, chosen.ema_decay) == (weight_drop, 0.998)
-        assert f"--weight-drop {weight_drop:g} and --ema-decay 0.998 added" in why
+    # 15 times in 150 s (in 8,789 steps of 8 rows): the copy, and the regularisers too, the average
+    # longer with it
+    fewer = replace(config, time_budget=150.0, batch_size=8)
+    chosen, why = sizing.size_for_budget(fewer, 150_000, 65, torch.device("cpu"), None, copy=True)
+    assert chosen.model.copy_memory and (chosen.model.weight_drop, chosen.ema_decay) == (0.3, 0.9995)
+    assert "--weight-drop 0.3 and --ema-decay 0.9995 added" in why
 
 
 def test_options_the_user_chose_are_left_alone(tmp_path, monkeypatch):
