@@ -40,7 +40,8 @@ REGULARISATION = ((100.0, {"weight_drop": 0.5, "ema_decay": 0.998}),
                   (10.0, {"weight_drop": 0.3, "ema_decay": 0.998}))
 # With the copy attention (long runs on large texts) the average is longer: 0.9995 spans about the
 # last ninth of the steps taken (ema_decay's warm-up) to 18,000 steps, where 0.998 stops at 500 from
-# 4,500. The hour's 3x512 with it and 0.998 was flat from 88% of the run on, with DropConnect 0.3 or 0.5.
+# 4,500. The hour's 3x512 with it scored 1.3245 with 0.9995 and 1.3348 with 0.998; DropConnect 0.5 for
+# 0.3 cost 0.012 and did not keep it improving to the end (bench/RESULTS.md, 2026-12-07 morning).
 COPY_REGULARISATION = ((REGULARISATION[-1][0], {**REGULARISATION[-1][1], "ema_decay": 0.9995}),)
 REGULARISE_PASSES = REGULARISATION[-1][0]
 REGULARISED_OPTIONS = set().union(*(options for _, options in REGULARISATION))  # a user who gives one keeps it
