@@ -9,7 +9,7 @@ GROUPS = {  # help sections, in order: (config class, its fields)
                            "labels"]),
     "model": (ModelConfig, ["model", "rnn_size", "num_layers", "embedding_size", "dropout", "weight_drop",
                             "copy_memory"]),
-    "optimisation": (TrainConfig, ["seq_length", "batch_size", "learning_rate", "min_lr_frac", "warmup_steps",
+    "optimisation": (TrainConfig, ["seq_length", "batch_size", "learning_rate", "lr_schedule", "min_lr_frac", "warmup_steps",
                                    "weight_decay", "grad_clip", "ema_decay"]),
     "how long (whichever comes first; with none given, 10m)": (TrainConfig, ["max_steps", "max_epochs",
                                                                              "time_budget"]),

@@ -17,6 +17,7 @@ CELLS = ("rnn", "lstm", "gru")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16")
 LABEL_SOURCES = ("files", "column", "none")
+LR_SCHEDULES = ("cosine", "linear")
 DEFAULT_TIME_BUDGET = 600.0  # seconds, used only when no other stopping rule is given
 # The shapes a time budget chooses from, (layers, rnn size, dropout), smallest first; the first is
 # the fixed default. Bigger shapes overfit sooner and get more dropout: 0.2 was measured best for
@@ -197,7 +198,11 @@ class TrainConfig:
                              check=POSITIVE_INT)
     batch_size: int = option(64, "rows per step", check=POSITIVE_INT)
     learning_rate: float = option(2e-3, "peak AdamW learning rate", check=POSITIVE)
-    min_lr_frac: float = option(0.02, "the cosine schedule decays to this fraction of the peak by the end "
+    lr_schedule: str = option("cosine", "how the rate decays after the warm-up, over the run (its steps, "
+                              "passes or --time-budget): cosine, or linear (a straight line: the rate stays higher "
+                              "until late, so the end of a long run still learns)",
+                              choices=LR_SCHEDULES)
+    min_lr_frac: float = option(0.02, "the schedule decays to this fraction of the peak by the end "
                                 "of the run", check=UNIT)
     warmup_steps: int = option(20, "linear warm-up steps", check=NONNEGATIVE_INT)
     weight_decay: float = option(0.0, "AdamW weight decay", check=NONNEGATIVE)

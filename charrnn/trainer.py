@@ -1,4 +1,4 @@
-"""The training loop: truncated BPTT with carried state, AdamW, clipping, warm-up then cosine decay.
+"""The training loop: truncated BPTT with carried state, AdamW, clipping, warm-up then decay.
 
 One plain loop, handed its parts (see launch.py for where they are built). Each step: set the
 rate, forward/backward, clip, step, log; every `eval_every` steps (and at least once a pass over
@@ -40,9 +40,11 @@ SAMPLE_ITEMS = 6  # items shown at each evaluation of a list
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up, then cosine decay to min_lr_frac as progress goes 0 -> 1 (constant if unknown)."""
+    """Linear warm-up, then cosine or linear decay to min_lr_frac as progress goes 0 -> 1 (constant if unknown)."""
     warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
-    decay = config.min_lr_frac + (1 - config.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    left = 1 - min(1.0, progress)
+    shape = left if config.lr_schedule == "linear" else 0.5 * (1 - math.cos(math.pi * left))
+    decay = config.min_lr_frac + (1 - config.min_lr_frac) * shape
     return config.learning_rate * warmup * decay
 
 

@@ -204,6 +204,12 @@ def test_learning_rate_warms_up_then_decays_by_cosine():
     assert learning_rate(replace(c, warmup_steps=0), 0, 0.0) == pytest.approx(1.0)
 
 
+def test_learning_rate_decays_in_a_straight_line_with_linear():
+    c = TrainConfig(learning_rate=1.0, warmup_steps=10, min_lr_frac=0.1, lr_schedule="linear")
+    assert [learning_rate(c, 100, p) for p in (0.0, 0.25, 0.9, 1.0, 2.0)] == pytest.approx([1.0, 0.775, 0.19, 0.1, 0.1])
+    assert learning_rate(c, 4, 0.0) == pytest.approx(0.5)
+
+
 # -- resume checks ------------------------------------------------------------------------------
 
 def test_resume_config_refuses_a_changed_model_flag():
