@@ -112,7 +112,7 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
     if regularise and added:
         chosen = chosen.with_options(**added)
         why += (f". {passes:.0f} passes would overfit it: " + " and ".join(
-            f"--{name.replace('_', '-')} {value:g}" for name, value in added.items()) + " added")
+            f"--{name.replace('_', '-')} {value}" for name, value in added.items()) + " added")
     return chosen, why
 
 

@@ -551,13 +551,14 @@ def test_a_budget_adds_the_copy_attention_where_it_buys_enough_steps(monkeypatch
     # COPY_MAX_PASSES, so no copy; the regularisers for the plain model's 80 passes
     chosen, why = sizing.size_for_budget(config, 150_000, 65, torch.device("cpu"), None, copy=True)
     assert (chosen.model.rnn_size, chosen.model.copy_memory) == (256, 0) and "at most 25 passes" in why
-    assert (chosen.model.weight_drop, chosen.ema_decay) == (0.3, 0.998)
+    assert (chosen.model.weight_drop, chosen.ema_decay, chosen.lr_schedule) == (0.3, 0.998, "cosine")
     # 15 times in 150 s (in 8,789 steps of 8 rows): the copy, and the regularisers too, the average
     # longer with it
     fewer = replace(config, time_budget=150.0, batch_size=8)
     chosen, why = sizing.size_for_budget(fewer, 150_000, 65, torch.device("cpu"), None, copy=True)
     assert chosen.model.copy_memory and (chosen.model.weight_drop, chosen.ema_decay) == (0.3, 0.9995)
-    assert "--weight-drop 0.3 and --ema-decay 0.9995 added" in why
+    assert chosen.lr_schedule == "linear"
+    assert "--weight-drop 0.3 and --ema-decay 0.9995 and --lr-schedule linear added" in why
 
 
 def test_options_the_user_chose_are_left_alone(tmp_path, monkeypatch):
