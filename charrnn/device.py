@@ -66,9 +66,10 @@ class ThreadGovernor:
     --max-steps or --max-epochs keeps its threads and stays exactly reproducible.
     """
 
-    def __init__(self, most: int, interval: float = 2.0, apply: Callable[[int], object] = torch.set_num_threads):
+    def __init__(self, most: int, interval: float = 2.0, apply: Callable[[int], object] = torch.set_num_threads,
+                 start: int | None = None):
         self.most, self.interval, self.apply = most, interval, apply  # apply(n): use n threads
-        self.threads = most
+        self.threads = start or most  # what the caller set before the first look
         self._last = self._reading()
         self._due = 0.0 if self._last is None else self._last[0] + interval  # when to look next
 

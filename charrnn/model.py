@@ -247,6 +247,10 @@ class NumpyStep:
     """
 
     WIDE_ROWS = 4  # from this many rows on, an LSTM's or GRU's stream is laid out transposed
+    # from this many bytes of weights read a character on, even one row's products are worth
+    # sharing among BLAS threads: one stream of a 2x256 (3 MB) gains nothing from a second, a 2x384
+    # (7 MB) 1.25x, a 3x512 (21 MB) 2x (bench/RESULTS.md, 2026-12-07)
+    SHARED_BYTES = 4 << 20
 
     def __init__(self, model: CharRNN):
         cfg, rnn = model.config, model.rnn
@@ -302,6 +306,12 @@ class NumpyStep:
                 table = model.copy_value.weight.float() @ model.copy_out.weight.float().T @ head
                 self.copy_table = array(table + model.copy_gain.float() * torch.eye(len(table)))
                 self.copy_bias = array(model.copy_out.bias.float() @ head)
+
+    @property
+    def product_bytes(self) -> int:
+        """Bytes of weights a character's step multiplies by (the first layer's table gives one row)."""
+        return self.last.nbytes + sum(w.nbytes for k, layer in enumerate(self.layers)
+                                      for w in layer[k == 0:] if w is not None)
 
     @functools.cached_property
     def turned(self) -> tuple[list, np.ndarray]:

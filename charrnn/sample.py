@@ -159,20 +159,25 @@ def sample_steps(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str 
         log_probs, model_state = model(idx.expand(num_samples, -1), _expand(state, num_samples), label_rows)
     logits = log_probs[:, -1].cpu().numpy()                    # (N, V)
     # the state stays in the stream's buffers, moved on in place, one character a call
-    stream = (step or NumpyStep(model)).stream(tuple(s.float().numpy() for s in state_to_list(model_state)),
-                                               None if labels is None else np.asarray(labels))
+    step = step or NumpyStep(model)
+    stream = step.stream(tuple(s.float().numpy() for s in state_to_list(model_state)),
+                         None if labels is None else np.asarray(labels))
     stop = config.stop or ""
     tails = [seen_prime(vocab, prime, skip_unknown)[-(len(stop) - 1):] if len(stop) > 1 else ""] * num_samples
     chars = vocab.chars + [END] * vocab.items  # a sample of items ends at the marker
     done = [False] * num_samples  # a list, not an array: this loop runs once per character
     kept = None  # the state of each finished sample, from before its last character
-    # numpy's BLAS threads: one for a few rows (too little work to share); for a batch, the cores
-    # other processes leave free (two threads wait for each other at every product, and a busy
-    # neighbour turns that into a quarter of the speed: bench/contention.py).
+    # numpy's BLAS threads: one for a few rows of a small model (too little work to share); for a
+    # batch or a big model, the cores other processes leave free (two threads wait for each other at
+    # every product, and a busy neighbour turns that into a quarter of the speed: bench/contention.py).
+    # One stream starts on one thread and takes a second once the governor sees a core free: its
+    # spinning threads crowd a neighbour and hide it from the governor (bench/RESULTS.md, 2026-12-07).
     cores = os.cpu_count() or 1
-    limits = threadpool_limits(limits=1 if num_samples < 4 else cores, user_api="blas")
-    governor = (ThreadGovernor(cores, interval=0.5, apply=lambda n: threadpool_limits(limits=n, user_api="blas"))
-                if num_samples >= 4 and cores > 1 else lambda: None)
+    shared = cores > 1 and (num_samples >= 4 or step.product_bytes >= step.SHARED_BYTES)
+    start = cores if shared and num_samples >= 4 else 1
+    limits = threadpool_limits(limits=start, user_api="blas")
+    governor = (ThreadGovernor(cores, interval=0.5, apply=lambda n: threadpool_limits(limits=n, user_api="blas"),
+                               start=start) if shared else lambda: None)
     try:
         for t in range(config.length):
             nxt = draw(logits, config, generator)                  # (N,)

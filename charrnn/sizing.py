@@ -111,8 +111,8 @@ def size_for_budget(config: TrainConfig, train_chars: int, vocab_size: int, devi
     added = next((options for least, options in table if passes >= least), None)
     if regularise and added:
         chosen = chosen.with_options(**added)
-        why += (f". {passes:.0f} passes would overfit it: " + " and ".join(
-            f"--{name.replace('_', '-')} {value}" for name, value in added.items()) + " added")
+        flags = [f"--{name.replace('_', '-')} {value}" for name, value in added.items()]
+        why += f". {passes:.0f} passes would overfit it: {', '.join(flags[:-1])} and {flags[-1]} added"
     return chosen, why
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from charrnn import checkpoint
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
+from charrnn.model import NumpyStep
 from charrnn.sample import draw, filter_logits, generate
 from charrnn.vocab import UnknownCharacterError
 
@@ -370,3 +371,25 @@ def test_same_seed_same_texts_for_several_samples(trained):
     texts = sample(trained, seed=3, num_samples=9, length=30)[0]  # 9 rows: the inverse CDF
     assert sample(trained, seed=3, num_samples=9, length=30)[0] == texts
     assert sample(trained, seed=4, num_samples=9, length=30)[0] != texts
+
+
+def test_a_step_counts_the_bytes_of_every_product_it_makes(trained):
+    model, _ = trained
+    cfg, step = model.config, NumpyStep(model)
+    layer_in, layer_hh = 4 * cfg.rnn_size * (cfg.rnn_size + 1), 4 * cfg.rnn_size * cfg.rnn_size
+    last = (cfg.rnn_size + 1) * (4 * cfg.rnn_size + cfg.vocab_size)  # the last hidden-to-hidden beside the head
+    expected = (cfg.num_layers - 1) * (layer_in + layer_hh) + last  # the first layer's input is a table row
+    assert step.product_bytes == 4 * expected
+
+
+@pytest.mark.parametrize("rows, shared_bytes, start", [(1, 0, 1), (1, 1 << 62, None), (8, 1 << 62, 2)])
+def test_big_models_and_batches_share_blas_threads_starting_from_the_rows(trained, monkeypatch, rows,
+                                                                         shared_bytes, start):
+    governors = []
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(NumpyStep, "SHARED_BYTES", shared_bytes)
+    monkeypatch.setattr("charrnn.sample.ThreadGovernor", lambda *a, **kw: governors.append(kw["start"]) or (lambda: None))
+    texts = sample(trained, seed=5, num_samples=rows, length=40)[0]
+    assert governors == ([] if start is None else [start])
+    monkeypatch.setattr(NumpyStep, "SHARED_BYTES", 0 if shared_bytes else 1 << 62)  # the same text either way
+    assert sample(trained, seed=5, num_samples=rows, length=40)[0] == texts

@@ -558,7 +558,7 @@ def test_a_budget_adds_the_copy_attention_where_it_buys_enough_steps(monkeypatch
     chosen, why = sizing.size_for_budget(fewer, 150_000, 65, torch.device("cpu"), None, copy=True)
     assert chosen.model.copy_memory and (chosen.model.weight_drop, chosen.ema_decay) == (0.3, 0.9995)
     assert chosen.lr_schedule == "linear"
-    assert "--weight-drop 0.3 and --ema-decay 0.9995 and --lr-schedule linear added" in why
+    assert "--weight-drop 0.3, --ema-decay 0.9995 and --lr-schedule linear added" in why
 
 
 def test_options_the_user_chose_are_left_alone(tmp_path, monkeypatch):
