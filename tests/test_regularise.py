@@ -133,14 +133,14 @@ def test_the_saved_and_evaluated_model_is_the_average_of_the_training_weights(tm
     assert row["val_loss"] == round(averaged, 5) != round(raw, 5)
 
 
-def test_resume_with_weight_drop_ema_and_copy_attention_on_is_bit_identical(tmp_path, monkeypatch):
+def test_resume_with_weight_drop_ema_copy_attention_and_linear_decay_on_is_bit_identical(tmp_path, monkeypatch):
     """Train 2k steps straight, and k then k resumed: the same losses, training weights, average;
     the copy attention's memory (shorter than a pass, so that it fills) carries over in the state."""
     losses = []
     step = Trainer.train_step
     monkeypatch.setattr(Trainer, "train_step", lambda self: losses.append(step(self)) or losses[-1])
     config = tiny(corpus_file(tmp_path, 700), tmp_path / "whole", num_layers=2, dropout=0.3, weight_drop=0.3,
-                  ema_decay=0.9, copy_memory=40, max_steps=24, eval_every=5)  # 19 steps a pass: the resumed half crosses one
+                  ema_decay=0.9, copy_memory=40, lr_schedule="linear", max_steps=24, eval_every=5)  # 19 steps a pass: the resumed half crosses one
     train(config)
     whole = losses.copy()
     losses.clear()
