@@ -388,7 +388,8 @@ def test_big_models_and_batches_share_blas_threads_starting_from_the_rows(traine
     governors = []
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.setattr(NumpyStep, "SHARED_BYTES", shared_bytes)
-    monkeypatch.setattr("charrnn.sample.ThreadGovernor", lambda *a, **kw: governors.append(kw["start"]) or (lambda: None))
+    monkeypatch.setattr("charrnn.sample.ThreadGovernor",
+                        lambda *args, **kw: governors.append(kw["start"]) or (lambda: None))
     texts = sample(trained, seed=5, num_samples=rows, length=40)[0]
     assert governors == ([] if start is None else [start])
     monkeypatch.setattr(NumpyStep, "SHARED_BYTES", 0 if shared_bytes else 1 << 62)  # the same text either way
