@@ -173,8 +173,9 @@ def sample_steps(model: CharRNN, vocab: Vocab, config: SampleConfig, prime: str 
     # One stream starts on one thread and takes a second once the governor sees a core free: its
     # spinning threads crowd a neighbour and hide it from the governor (bench/RESULTS.md, 2026-12-07).
     cores = os.cpu_count() or 1
-    shared = cores > 1 and (num_samples >= 4 or step.product_bytes >= step.SHARED_BYTES)
-    start = cores if shared and num_samples >= 4 else 1
+    batch = num_samples >= step.WIDE_ROWS
+    shared = cores > 1 and (batch or step.product_bytes >= step.SHARED_BYTES)
+    start = cores if shared and batch else 1
     limits = threadpool_limits(limits=start, user_api="blas")
     governor = (ThreadGovernor(cores, interval=0.5, apply=lambda n: threadpool_limits(limits=n, user_api="blas"),
                                start=start) if shared else lambda: None)
