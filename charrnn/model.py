@@ -237,7 +237,8 @@ class NumpyStep:
       row per label; a stream adds its rows' label rows after the table's, one call a step.
 
     - The copy attention keeps each row's memory in a ring (`Copy`), and what reading a character
-      adds to the logits, through copy_out and the head, is precomputed: a (V, V) table.
+      adds to the logits, through copy_out and the head, is precomputed: a (V, V) table. Its query
+      and key are more columns of the last product, read with the head's: no call of their own.
 
     `step(idx, state)` is the plain form: states are tuples of float32 arrays laid out like the
     model's, (h,) or, for an LSTM, (h, c), each (L, N, H), then the copy attention's memory if it
@@ -282,30 +283,35 @@ class NumpyStep:
                 else:       # (H + 1, G*H): the bias as a last row, for the 1 after x
                     w_in = prepare(w_ih, b_in, h_scale)
                 self.layers.append([w_in, prepare(w_hh, b_hh if gru else None, h_scale)])  # (H [+ 1], G*H)
-            # the last layer's hidden-to-hidden weights beside the head's, for [h, 1]: (H + 1, G*H + V)
+            # the last layer's hidden-to-hidden weights beside the head's [and the copy attention's
+            # query and key], for [h, 1]: (H + 1, G*H + V [+ 2D])
             w_hh = self.layers[-1].pop()
             if not gru:
                 w_hh = np.concatenate([w_hh, np.zeros_like(w_hh[:1])])
-            head = torch.cat([model.head.weight.float() * h_scale, model.head.bias.float()[:, None]], 1)
-            self.last = np.ascontiguousarray(np.concatenate([w_hh, head.cpu().numpy().T], 1))
+            self.vocab_size = model.head.out_features
+            head = torch.cat([model.head.weight.float() * h_scale, model.head.bias.float()[:, None]], 1).T
             self.layers[-1].append(None)
             self.copy_memory = cfg.copy_memory
+            copy_weights = []
             if cfg.copy_memory:
                 def array(t: torch.Tensor) -> np.ndarray:
                     return np.ascontiguousarray(t.float().cpu().numpy())
 
-                # [h, 1] -> [query / sqrt(D), key]: (H + 1, 2D)
+                # [h, 1] -> [query / sqrt(D), key]: (H + 1, 2D), in the last product beside the head
                 query = torch.cat([model.copy_query.weight * h_scale, model.copy_query.bias[:, None]], 1) / COPY_KEY ** 0.5
                 key = torch.cat([model.copy_key.weight * h_scale, model.copy_key.bias[:, None]], 1)
-                self.copy_weights = array(torch.cat([query, key]).T)
+                copy_weights = [array(torch.cat([query, key]).T)]
                 self.copy_sink = array(model.copy_sink)
                 self.copy_match = array(model.copy_match)
                 # what reading a character adds to the logits, through copy_out and the head, and to
-                # its own logit by the gain: (V, V), (V,)
-                head = model.head.weight.float().T
-                table = model.copy_value.weight.float() @ model.copy_out.weight.float().T @ head
-                self.copy_table = array(table + model.copy_gain.float() * torch.eye(len(table)))
-                self.copy_bias = array(model.copy_out.bias.float() @ head)
+                # its own logit by the gain: (V, V); copy_out's bias adds the same every step, so
+                # it joins the head's
+                out_head = model.head.weight.float().T
+                table = model.copy_value.weight.float() @ model.copy_out.weight.float().T @ out_head
+                # in float64, as the read it multiplies comes from np.bincount: no conversion a step
+                self.copy_table = (table + model.copy_gain.float() * torch.eye(len(table))).double().cpu().numpy()
+                head[-1] += model.copy_out.bias.float() @ out_head
+            self.last = np.ascontiguousarray(np.concatenate([w_hh, head.cpu().numpy(), *copy_weights], 1))
 
     @property
     def product_bytes(self) -> int:
@@ -376,13 +382,14 @@ class NumpyStep:
             by_rows(self.hs)[:, n::w] = 1.0
             h = [part(self.hs, k * w, k * w + n) for k in range(layers)]
             h1 = [part(self.hs, k * w, (k + 1) * w) for k in range(layers)]  # [h, 1]
-            out = buffer(step.last.shape[1])        # the last layer's next share, logits
+            out = buffer(step.last.shape[1])        # the last layer's next share, logits [, query, key]
             self.h = [by_rows(x) for x in h]        # (N, H) views, as load and state read them
-            self.last, self.logits = (*product(h1[-1], last), out), by_rows(part(out, g, out.size))
+            self.last, self.logits = (*product(h1[-1], last), out), by_rows(part(out, g, g + step.vocab_size))
             # array operands: a Python float costs a conversion on every call
             self.ones, self.halves = by_rows(np.ones((1, 3 * n), f32)), by_rows(np.full((1, 2 * n), 0.5, f32))
             tmp = buffer(n)
-            self.copy = None if not step.copy_memory else NumpyStep.Copy(step, by_rows(h1[-1]), rows)
+            self.copy = (None if not step.copy_memory else
+                         NumpyStep.Copy(step, by_rows(part(out, g + step.vocab_size, out.size)), rows))
             self.layers, self.c, self.shares = [], [], []
             for k, (w_in, w_hh) in enumerate(weights):
                 x = None if k == 0 else h1[k - 1]
@@ -497,60 +504,80 @@ class NumpyStep:
     class Copy:
         """The copy attention's step for a stream: its memory, in a ring of M slots per row.
 
-        Slot s holds a step's key and the character read at it, `followed` the character read
-        after it (offset by the row's start in a flat (N * V) array, for one bincount), and `match`
-        its match length with the step last read (`match_lengths`). A new step overwrites the
-        oldest slot once its match is made.
+        Slot s holds a step's key, the character read at it (-1 before the text) and `followed`,
+        the character read after it (offset by the row's start in a flat (N * V) array, for one
+        bincount). A new step overwrites the oldest slot once it has been scored. The sink is one
+        more key, at slot M, whose score nothing adds to and whose weight goes to a bin of its own:
+        then one softmax over M + 1 scores serves both.
+        Slot s's match length with the step just read (`match_lengths`) is one more than slot
+        s - 1's with the step before, where s read the same character, up to its reach back to the
+        oldest slot. The lengths lie in a window of a buffer twice M wide that moves one place left
+        a step: slot s then finds s - 1's length where its own goes, and the update is in place.
         """
 
-        def __init__(self, step: NumpyStep, top: np.ndarray, rows: int):
-            m, self.vocab = step.copy_memory, len(step.copy_bias)
-            self.step, self.top = step, top  # top: the last layer's [h, 1] (2h for an LSTM), (N, H + 1)
-            self.keys = np.zeros((rows, m, COPY_KEY), np.float32)
-            self.read = np.zeros((rows, m), np.intp)
-            self.followed = np.zeros((rows, m), np.intp)
-            self.mask = np.zeros((rows, m), np.float32)  # 0 for a step of the text, -inf before it
-            self.match = np.zeros((rows, m), np.intp)
-            self.at = 0  # the oldest step's slot, where the next one goes
+        def __init__(self, step: NumpyStep, query_key: np.ndarray, rows: int):
+            m, self.vocab, f32 = step.copy_memory, step.vocab_size, np.float32
+            # views of the last product's columns, made by every step: (N, D) each
+            self.step, self.query, self.key = step, query_key[:, :COPY_KEY], query_key[:, COPY_KEY:]
+            self.keys = np.zeros((rows, m + 1, COPY_KEY), f32)
+            self.keys[:, m] = step.copy_sink
+            self.read = np.full((rows, m), -1, np.intp)
+            self.followed = np.full((rows, m + 1), rows * self.vocab, np.intp)  # the sink's bin: the last
             self.offsets = np.arange(rows) * self.vocab
+            self.mask = np.zeros((rows, m), f32)  # 0 for a step of the text, -inf before it
+            self.pending = 0  # steps until every slot holds a step of the text, and the mask is all 0
+            self.lengths, self.start = np.zeros((rows, 2 * m), np.intp), m  # the window: start:start + m
+            self.same, self.bonus = np.empty((rows, m), bool), np.empty((rows, m), f32)
+            self.scores = np.empty((rows, m + 1), f32)
+            self.at = 0  # the oldest step's slot, where the next one goes
             # a match may reach back to the oldest step: in rank r from the oldest, r + 1 characters;
             # twice over, so that slot s's bound is a slice, reach[m - at + s], with no copy a step
             self.reach = np.tile(np.minimum(np.arange(m) + 1, COPY_MATCH), 2)
 
         def load(self, keys: np.ndarray, read: np.ndarray) -> None:
             """The model's layout, oldest step first: keys (M, N, D), characters (M, N, 1)."""
-            read = read[..., 0].T.astype(np.intp)  # (N, M), -1 before the text
-            self.keys[...] = keys.transpose(1, 0, 2)
-            self.mask[...] = np.where(read >= 0, 0.0, -np.inf)
-            self.read[...] = np.maximum(read, 0)
-            self.followed[:, :-1] = self.read[:, 1:] + self.offsets[:, None]
-            self.at = 0
-            self.match[:, :-1] = match_lengths(torch.from_numpy(read).float(), 1)[:, 0].numpy()  # with the last step
+            m = self.read.shape[1]
+            self.read[...] = read[..., 0].T  # (N, M), -1 before the text
+            self.keys[:, :m] = keys.transpose(1, 0, 2)
+            self.mask[...] = np.where(self.read >= 0, 0.0, -np.inf)
+            before = np.flatnonzero((self.read < 0).any(0))  # the text's first steps replace these
+            self.pending = before[-1] + 1 if len(before) else 0
+            self.followed[:, :m - 1] = np.maximum(self.read[:, 1:], 0) + self.offsets[:, None]
+            self.at, self.start = 0, m
+            with_last = match_lengths(torch.from_numpy(self.read).float(), 1)[:, 0]  # each slot's, with the last step
+            self.lengths[:, m:-1] = with_last.numpy()
+            self.lengths[:, -1] = 0
 
         def state(self) -> tuple[np.ndarray, np.ndarray]:
             order = np.roll(np.arange(self.read.shape[1]), -self.at)
-            read = np.where(self.mask == 0, self.read, -1)[:, order].T[..., None].astype(np.float32)
+            read = self.read[:, order].T[..., None].astype(np.float32)
             return np.ascontiguousarray(self.keys[:, order].transpose(1, 0, 2)), read
 
         def __call__(self, idx: np.ndarray) -> np.ndarray:
-            """idx (N,), the characters just read -> what attending adds to the logits (N, V)."""
-            step, at = self.step, self.at
-            query, key = np.split(self.top @ step.copy_weights, 2, axis=1)
-            # a slot's match: one more than the slot before's with the step before, where they read alike
-            m = self.read.shape[1]
-            longer = np.minimum(np.roll(self.match, 1, axis=1) + 1, self.reach[m - at:2 * m - at])
-            self.match = np.where((self.read == idx[:, None]) & (self.mask == 0), longer, 0)
+            """idx (N,), the characters just read -> what attending adds to the logits (N, V), float64."""
+            step, at, m, scores = self.step, self.at, self.read.shape[1], self.scores
+            if self.start == 0:  # the window has reached the buffer's left end: back to the right
+                self.lengths[:, m:] = self.lengths[:, :m]
+                self.start = m
+            self.start -= 1
+            self.lengths[:, self.start] = self.lengths[:, self.start + m]  # the ring: slot 0 follows M - 1
+            lengths = self.lengths[:, self.start:self.start + m]
+            np.add(lengths, 1, out=lengths)
+            np.minimum(lengths, self.reach[m - at:2 * m - at], out=lengths)
+            np.multiply(lengths, np.equal(self.read, idx[:, None], out=self.same), out=lengths)
             self.read[:, at] = idx
-            self.followed[:, at - 1] = idx + self.offsets  # the newest step is followed by this one
-            scores = np.matmul(self.keys, query[:, :, None])[..., 0]  # (N, M)
-            scores += self.mask + step.copy_match[self.match]
-            sink = query @ step.copy_sink
-            top = np.maximum(scores.max(1), sink)
-            weights = np.exp(scores - top[:, None])
-            weights /= (weights.sum(1) + np.exp(sink - top))[:, None]
-            copied = np.bincount(self.followed.ravel(), weights.ravel(), len(self.offsets) * self.vocab)
-            self.keys[:, at], self.mask[:, at], self.at = key, 0.0, (at + 1) % self.read.shape[1]
-            return copied.reshape(-1, self.vocab).astype(np.float32) @ step.copy_table + step.copy_bias
+            self.followed[:, (at or m) - 1] = idx + self.offsets  # the newest step is followed by this one
+            np.matmul(self.keys, self.query[:, :, None], out=scores[:, :, None])  # (N, M + 1)
+            slots = scores[:, :m]
+            np.add(slots, np.take(step.copy_match, lengths, out=self.bonus), out=slots)
+            if self.pending:
+                np.add(slots, self.mask, out=slots)
+                self.mask[:, at], self.pending = 0.0, self.pending - 1
+            np.exp(np.subtract(scores, scores.max(1, keepdims=True), out=scores), out=scores)
+            np.divide(scores, scores.sum(1, keepdims=True), out=scores)
+            copied = np.bincount(self.followed.ravel(), scores.ravel(), len(self.offsets) * self.vocab + 1)
+            self.keys[:, at], self.at = self.key, (at + 1) % m
+            return copied[:-1].reshape(-1, self.vocab) @ step.copy_table
 
 
 @torch.no_grad()
