@@ -145,7 +145,8 @@ def write_samples(model, sample: SampleConfig, args: dict) -> None:
             sample = replace(sample, seed=_new_seed())
     if n == 1 and "output" not in args:
         sys.stdout.write(shown)
-        generate(model.net, model.vocab, sample, prime, on_text=Streamer(sys.stdout), skip_unknown=skip)
+        with Streamer(sys.stdout) as stream:
+            generate(model.net, model.vocab, sample, prime, on_text=stream, skip_unknown=skip)
         print()
         return
     texts, _ = generate(model.net, model.vocab, sample, prime, num_samples=n, skip_unknown=skip)

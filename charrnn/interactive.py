@@ -77,9 +77,10 @@ class Session:
         stream = Streamer(self.out)
         on_text = (lambda text: stream(escape_line_breaks(text))) if self.one_line else stream
         try:
-            texts, state = generate(self.model, self.vocab, self.config, prime, state=self.state,
-                                    generator=self.generator, on_text=on_text, skip_unknown=self.skip_unknown,
-                                    step=self.step)
+            with stream:  # shows what it holds, on Ctrl-C too
+                texts, state = generate(self.model, self.vocab, self.config, prime, state=self.state,
+                                        generator=self.generator, on_text=on_text, skip_unknown=self.skip_unknown,
+                                        step=self.step)
         except KeyboardInterrupt:  # stop this answer, keep the text from before it
             self.out.write("\n(stopped)\n")
             self.out.flush()

@@ -147,15 +147,14 @@ def test_quit_ends_the_session(trained, line):
 
 
 class InterruptedOut(io.StringIO):
-    """Output where the 10th character written while `armed` raises KeyboardInterrupt (a Ctrl-C)."""
+    """Output where the first write while `armed` raises KeyboardInterrupt (a Ctrl-C): the answer's
+    first character, which the streamer shows at once, mid-answer."""
     armed = False
 
     def write(self, text):
         if self.armed:
-            self.countdown = getattr(self, "countdown", 10) - 1
-            if self.countdown == 0:
-                self.armed = False
-                raise KeyboardInterrupt
+            self.armed = False
+            raise KeyboardInterrupt
         return super().write(text)
 
 

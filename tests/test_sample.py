@@ -3,6 +3,7 @@
 Statistical tests draw thousands of characters from fixed seeds with wide margins: they are
 deterministic, and the margins are there so a change of kernel or thread count cannot flip them.
 """
+import io
 import math
 from collections import Counter
 
@@ -16,7 +17,7 @@ from charrnn import checkpoint
 from charrnn.config import SampleConfig
 from charrnn.errors import CharRNNError
 from charrnn.model import NumpyStep
-from charrnn.sample import draw, filter_logits, generate
+from charrnn.sample import Streamer, draw, filter_logits, generate
 from charrnn.vocab import UnknownCharacterError
 
 
@@ -343,6 +344,24 @@ def test_a_tiny_temperature_draws_the_argmax(rows, temperature):
     log_probs[:, 0] = log_probs.max(-1) - 1e-3  # a close second; the rest far below
     drawn = draw(log_probs, SampleConfig(temperature=temperature), np.random.default_rng(0))
     assert np.array_equal(drawn, log_probs.argmax(-1))
+
+
+def test_the_streamer_shows_the_first_text_at_once_and_the_rest_in_batches():
+    class Terminal(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += bool(text)
+            return super().write(text)
+
+    out = Terminal()
+    with Streamer(out, interval=3600) as stream:
+        for char in "hello, world":
+            stream(char)
+            if char == "h":
+                assert out.getvalue() == "h"  # the first character shows at once
+        assert out.getvalue() == "h"  # the rest waits for the interval
+    assert out.getvalue() == "hello, world" and out.writes == 2  # the end shows it, in one write
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
