@@ -105,8 +105,8 @@ class Streamer:
 
     It holds the text itself, whatever the stream's buffering: with PYTHONUNBUFFERED (common in
     containers) every write is a system call, and one a character wakes the terminal on the core
-    the sampler's second BLAS thread needs (one stream through a terminal: 2,600-2,900 chars/s
-    against 2,900-3,300, bench/RESULTS.md 2026-12-07). Use it in a `with`, which shows the rest.
+    the sampler's second BLAS thread needs (one stream of a 3x512 through a terminal: 2,600-2,870
+    chars/s against 3,040-3,250, bench/RESULTS.md 2026-12-07). Use it in a `with`: that shows the rest.
     """
 
     def __init__(self, out: TextIO, interval: float = 0.02):
